@@ -1,0 +1,8 @@
+"""The one exception type for bad user input (files, folders, config keys)."""
+
+
+class InputError(ValueError):
+  """Bad input named by file or key, with what to do about it.
+
+  `main.py` prints it as a one-line message and exits with status 2.
+  """
