@@ -1,0 +1,222 @@
+"""Tests of lmi_jax.evaluation: metrics against scikit-image and direct formulas, K-means, reports."""
+
+import csv
+import json
+import math
+import os
+
+import matplotlib.image
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from lmi_jax import evaluation
+from lmi_jax.errors import InputError
+
+# Planted tissue intensities (CSF, GM, WM) of the synthetic T1w-like phantom.
+TISSUE = (0.25, 0.5, 0.8)
+
+
+def phantom(n: int, size: int = 32, noise: float = 0.02, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Concentric-disc slices: (n, size, size, 1) images in [0, 1] and (n, size, size) labels 0..3."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+  radius = np.hypot(yy, xx)
+  labels = np.zeros((n, size, size), np.int32)
+  for i in range(n):
+    outer = size * rng.uniform(0.38, 0.46)
+    # Ordered so a slice is CSF outside, then GM, then WM at the centre.
+    for label, fraction in ((1, 1.0), (2, 0.75), (3, 0.45)):
+      labels[i][radius < outer * fraction] = label
+  intensities = np.array((0.0,) + TISSUE)[labels]
+  images = np.clip(intensities + noise * rng.standard_normal(labels.shape) * (labels > 0), 0, 1)
+  return images[..., None].astype(np.float32), labels
+
+
+def smooth_pair(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Two correlated (H, W) images in [0, 1] with structure at several scales."""
+  rng = np.random.default_rng(seed)
+  base = rng.uniform(size=shape)
+  base = (base + np.roll(base, 1, 0) + np.roll(base, 1, 1)) / 3
+  other = np.clip(base + 0.1 * rng.standard_normal(shape), 0, 1)
+  return base, other
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> evaluation.KMeansSegmenter:
+  train, _ = phantom(6, seed=1)
+  return evaluation.fit_kmeans(train, k=3, seed=0, n_init=3)
+
+
+def test_psnr_matches_skimage():
+  x, ref = smooth_pair((40, 48), seed=0)
+  assert evaluation.psnr(x, ref) == pytest.approx(peak_signal_noise_ratio(ref, x, data_range=1.0), abs=1e-5)
+  mask = np.zeros(x.shape, bool)
+  mask[5:30, 10:40] = True
+  expected = peak_signal_noise_ratio(ref[mask], x[mask], data_range=1.0)
+  assert evaluation.psnr(x[..., None], ref[..., None], mask=mask) == pytest.approx(expected, abs=1e-5)
+  assert evaluation.psnr(ref, ref) == math.inf
+  assert math.isnan(evaluation.psnr(x, ref, mask=np.zeros(x.shape, bool)))  # No pixels, no score.
+
+
+@pytest.mark.parametrize("data_range", [1.0, 2.0])
+def test_ssim_matches_skimage(data_range):
+  x, ref = smooth_pair((40, 48), seed=1)
+  expected, full = structural_similarity(
+      ref, x, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+      data_range=data_range, full=True)
+  assert evaluation.ssim(x, ref, data_range) == pytest.approx(expected, abs=1e-5)
+  np.testing.assert_allclose(evaluation.ssim_map(x, ref, data_range), full, atol=1e-6)
+  mask = np.zeros(x.shape, bool)
+  mask[:20, 8:] = True  # Reaches the border: the masked mean is over the whole map.
+  assert evaluation.ssim(x, ref, data_range, mask) == pytest.approx(full[mask].mean(), abs=1e-5)
+  assert evaluation.ssim(ref, ref, data_range) == pytest.approx(1.0)
+
+
+def test_ssim_rejects_images_smaller_than_the_window():
+  with pytest.raises(InputError, match="window"):
+    evaluation.ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+
+
+def test_dice_equals_set_formula():
+  pred = np.array([[0, 1, 1, 3], [2, 2, 3, 0]])
+  ref = np.array([[0, 1, 2, 0], [2, 2, 0, 0]])
+
+  def cells(labels, c):
+    return {tuple(p) for p in np.argwhere(labels == c)}
+
+  per_class, mean = evaluation.dice(pred, ref, classes=(1, 2, 3, 4))
+  for c in (1, 2, 3):
+    p, r = cells(pred, c), cells(ref, c)
+    assert per_class[c] == pytest.approx(2 * len(p & r) / (len(p) + len(r)))
+  assert per_class[1] == pytest.approx(2 / 3) and per_class[2] == pytest.approx(0.8)
+  assert per_class[3] == 0.0
+  assert math.isnan(per_class[4])  # Absent from both: undefined, left out of the mean.
+  assert mean == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)
+
+
+def test_kmeans_is_deterministic_and_recovers_planted_clusters():
+  train, labels = phantom(4, seed=2)
+  a = evaluation.fit_kmeans(train, k=3, seed=7, max_pixels=1500, n_init=3)
+  b = evaluation.fit_kmeans(train, k=3, seed=7, max_pixels=1500, n_init=3)
+  assert a == b
+  np.testing.assert_allclose(a.centroids, TISSUE, atol=0.01)
+  assert list(a.centroids) == sorted(a.centroids)
+  np.testing.assert_array_equal(evaluation.segment(a, train), labels)
+
+
+def test_cluster_order_follows_intensity_not_fit_order():
+  # Dark tissue planted last in the array still gets label 1.
+  values = np.concatenate([np.full(50, 0.9), np.full(50, 0.6), np.full(50, 0.3)])
+  images = values.reshape(1, 15, 10, 1)  # Rows 0-4 bright, 5-9 mid, 10-14 dark.
+  seg = evaluation.fit_kmeans(images, k=3, seed=0, n_init=2)
+  np.testing.assert_allclose(seg.centroids, (0.3, 0.6, 0.9))
+  labels = evaluation.segment(seg, images)[0]
+  np.testing.assert_array_equal(labels[:, 0], [3] * 5 + [2] * 5 + [1] * 5)
+
+
+def test_background_is_label_zero_and_not_clustered():
+  train, _ = phantom(3, seed=3)
+  assert (train == 0).mean() > 0.3  # Much background: it would take a cluster if clustered.
+  seg = evaluation.fit_kmeans(train, k=3, seed=0, n_init=2)
+  assert min(seg.centroids) > seg.background_threshold
+  fixed = evaluation.KMeansSegmenter(centroids=(0.2, 0.5, 0.8), background_threshold=0.05)
+  image = np.array([0.0, 0.04, 0.1, 0.4, 0.7, 0.99]).reshape(1, 1, 6, 1)
+  labels = evaluation.segment(fixed, image)
+  assert labels.dtype == np.int32 and labels.shape == (1, 1, 6)
+  np.testing.assert_array_equal(labels[0, 0], [0, 0, 1, 2, 3, 3])
+  foreground = np.array([[[True, True, False, True, True, True]]])
+  np.testing.assert_array_equal(evaluation.segment(fixed, image, foreground)[0, 0], [1, 1, 0, 2, 3, 3])
+
+
+def test_fit_kmeans_bad_input_names_the_key():
+  train, _ = phantom(1)
+  with pytest.raises(InputError, match="eval.kmeans_clusters"):
+    evaluation.fit_kmeans(train, k=0, seed=0)
+  with pytest.raises(InputError, match="eval.background_threshold"):
+    evaluation.fit_kmeans(train, k=3, seed=0, background_threshold=1.0)
+  with pytest.raises(InputError, match="train_target_slices"):
+    evaluation.fit_kmeans(train[..., 0], k=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def report_inputs():
+  target, labels = phantom(4, seed=4)
+  source = np.where(labels > 0, 1.0 - target[..., 0], 0.0)[..., None]  # Inverted contrast, as PDw-like.
+  rng = np.random.default_rng(5)
+  outputs = {
+      "identity": target,
+      "noisy": np.clip(target + 0.05 * rng.standard_normal(target.shape), 0, 1),
+      "source": source,
+  }
+  return target, source, labels, outputs
+
+
+def test_evaluate_methods_schema_and_values(segmenter, report_inputs):
+  target, _, labels, outputs = report_inputs
+  report = evaluation.evaluate_methods(outputs, target, segmenter, labels=labels)
+  assert report["n_slices"] == 4 and report["classes"] == [1, 2, 3]
+  assert set(report["methods"]) == set(outputs)
+  for entry in report["methods"].values():
+    for metric in ("dice", "dice_gt", "psnr", "ssim"):
+      assert set(entry[metric]) == {"mean", "std"}
+    assert set(entry["dice_per_class"]) == {"1", "2", "3"}
+    assert len(entry["per_slice"]["ssim"]) == 4
+  identity, noisy, source = (report["methods"][n] for n in ("identity", "noisy", "source"))
+  assert identity["dice"] == {"mean": 1.0, "std": 0.0}
+  assert identity["dice_gt"]["mean"] == 1.0  # The phantom's planted classes are recovered.
+  assert identity["ssim"]["mean"] == pytest.approx(1.0) and identity["psnr"]["mean"] == math.inf
+  assert noisy["dice"]["mean"] > source["dice"]["mean"]
+  assert noisy["psnr"]["mean"] > source["psnr"]["mean"] and noisy["ssim"]["mean"] > source["ssim"]["mean"]
+  masked = evaluation.evaluate_methods(outputs, target, segmenter, mask=labels > 0)
+  assert masked["masked_metrics"] and "dice_gt" not in masked["methods"]["noisy"]
+  assert masked["methods"]["noisy"]["psnr"]["mean"] == pytest.approx(np.mean(
+      [evaluation.psnr(o, t, mask=m) for o, t, m in zip(outputs["noisy"], target, labels > 0)]))
+
+
+def test_evaluate_methods_bad_input(segmenter, report_inputs):
+  target, _, labels, _ = report_inputs
+  with pytest.raises(InputError, match="outputs\\['short'\\]"):
+    evaluation.evaluate_methods({"short": target[:2]}, target, segmenter)
+  with pytest.raises(InputError, match="eval.kmeans_clusters"):
+    evaluation.evaluate_methods({"a": target}, target, segmenter, labels=np.minimum(labels, 2))
+
+
+def test_write_report_files(segmenter, report_inputs, tmp_path):
+  target, _, labels, outputs = report_inputs
+  report = evaluation.evaluate_methods(outputs, target, segmenter, labels=labels)
+  out_dir = tmp_path / "eval"
+  paths = evaluation.write_report(report, str(out_dir))
+  assert sorted(os.listdir(out_dir)) == ["report.csv", "report.json", "report.md"]  # No temp files left.
+  loaded = json.loads((out_dir / "report.json").read_text())
+  assert loaded["n_slices"] == 4
+  assert loaded["methods"]["identity"]["psnr"]["mean"] is None  # inf is not JSON.
+  assert loaded["methods"]["noisy"]["dice"]["mean"] == pytest.approx(report["methods"]["noisy"]["dice"]["mean"])
+  with open(paths["csv"]) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["method"] for r in rows] == list(outputs)
+  assert float(rows[0]["psnr_mean"]) == math.inf
+  assert float(rows[1]["ssim_mean"]) == pytest.approx(report["methods"]["noisy"]["ssim"]["mean"])
+  table = (out_dir / "report.md").read_text().splitlines()
+  assert table[0] == "| metric | identity | noisy | source |"
+  assert [line.split("|")[1].strip() for line in table[2:6]] == ["Dice", "Dice (ground truth)", "PSNR", "SSIM"]
+  assert "±" in table[5] and "| PSNR | inf |" in table[4]
+
+
+def test_write_report_rejects_a_file_as_folder(tmp_path):
+  (tmp_path / "taken").write_text("")
+  with pytest.raises(InputError, match="taken"):
+    evaluation.write_report({"methods": {}, "n_slices": 0}, str(tmp_path / "taken"))
+
+
+def test_plot_comparison_writes_a_png(segmenter, report_inputs, tmp_path):
+  target, source, _, outputs = report_inputs
+  path = tmp_path / "figs" / "comparison.png"
+  evaluation.plot_comparison(target, source, outputs, segmenter, str(path), index=1)
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  pixels = matplotlib.image.imread(str(path))
+  # Five rows (target, source, three methods, one of them named "source"), two columns.
+  assert pixels.ndim == 3 and pixels.shape[0] / pixels.shape[1] == pytest.approx(5 / 2)
+  assert os.listdir(path.parent) == ["comparison.png"]
+  with pytest.raises(InputError, match="index"):
+    evaluation.plot_comparison(target, source, outputs, segmenter, str(path), index=9)
