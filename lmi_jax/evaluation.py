@@ -553,3 +553,38 @@ def plot_comparison(
   fig.savefig(buffer, format="png")
   _prepare_dir(os.path.dirname(os.path.abspath(path)))
   _atomic_write(path, buffer.getvalue())
+
+
+def plot_rows(rows: Mapping[str, np.ndarray], path: str, max_columns: int = 8) -> None:
+  """Saves a PNG grid: one row per entry of `rows`, one column per slice.
+
+  Args:
+    rows: name -> (N, H, W, 1) images in [0, 1], all with the same N (e.g. source,
+      translation, target).
+    path: the PNG file to write (its folder is created).
+    max_columns: at most this many slices, the first ones.
+  """
+  columns = min(max_columns, min(len(v) for v in rows.values()))
+  fig = Figure(figsize=(1.6 * columns, 1.6 * len(rows)), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(len(rows), columns, squeeze=False)
+  for (name, images), row in zip(rows.items(), axes):
+    for j, ax in enumerate(row):
+      ax.imshow(np.asarray(images)[j, ..., 0], cmap="gray", vmin=0.0, vmax=1.0,
+                interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+    row[0].set_ylabel(name)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  _prepare_dir(os.path.dirname(os.path.abspath(path)))
+  _atomic_write(path, buffer.getvalue())
+
+
+def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+  """np.savez_compressed into `path` through a temporary file, so no partial file remains."""
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  _prepare_dir(os.path.dirname(os.path.abspath(path)))
+  _atomic_write(path, buffer.getvalue())

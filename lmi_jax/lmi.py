@@ -37,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 EPS = 1e-10  # The authors' epsilon, used in every normalisation and logarithm.
 NORMALIZE_MODES = ("none", "minmax", "percentile", "rank")
@@ -288,21 +289,20 @@ def _cross_maps(ua: jax.Array, ub: jax.Array, cfg: LMIConfig) -> jax.Array:
   ka = jnp.pad(jnp.moveaxis(ka, -1, 0), ((0, 0), (0, 0), (0, extra), (0, 0)), mode="edge")
   kb = jnp.pad(jnp.moveaxis(kb, -1, 0), ((0, 0), (0, 0), (0, extra), (0, 0)), mode="edge")
 
-  def item(start_and_shift: jax.Array) -> jax.Array:
-    start, dy, dx = start_and_shift[0], start_and_shift[1], start_and_shift[2]
-    ka_c = jax.lax.dynamic_slice(ka, (0, 0, start + r, r),
-                                 (ka.shape[0], batch, chunk + 2 * h, width + 2 * h))
-    kb_c = jax.lax.dynamic_slice(kb, (0, 0, start + r + dy, r + dx),
-                                 (kb.shape[0], batch, chunk + 2 * h, width + 2 * h))
-    return _joint_entropy_chunk(ka_c, kb_c, k)  # (B, chunk, W)
+  def item(index: jax.Array) -> jax.Array:
+    image, start, dy, dx = index[0], index[1], index[2], index[3]
+    size = (ka.shape[0], 1, chunk + 2 * h, width + 2 * h)
+    ka_c = jax.lax.dynamic_slice(ka, (0, image, start + r, r), size)
+    kb_c = jax.lax.dynamic_slice(kb, (0, image, start + r + dy, r + dx), size)
+    return _joint_entropy_chunk(ka_c, kb_c, k)[0]  # (chunk, W)
 
-  # One loop over (shift, chunk) pairs keeps the compiled body to a single patch sum
-  # whatever the radius, so compile time does not grow with (2r+1)^2.
-  shift_grid = jnp.repeat(jnp.array(cfg.shifts, jnp.int32), num_chunks, axis=0)
-  start_grid = jnp.tile(jnp.arange(num_chunks, dtype=jnp.int32) * chunk, len(cfg.shifts))
-  h_ab = jax.lax.map(item, jnp.concatenate([start_grid[:, None], shift_grid], axis=1))
-  h_ab = h_ab.reshape(len(cfg.shifts), num_chunks, batch, chunk, width)
-  h_ab = jnp.moveaxis(h_ab, 1, 2).reshape(len(cfg.shifts), batch, -1, width)[:, :, :height]
+  # One loop over (shift, image, chunk) items keeps the compiled body to a single patch
+  # sum whatever the radius (compile time does not grow with (2r+1)^2) and the working
+  # set to a few rows of one image whatever the batch.
+  grid = np.array([(image, start, dy, dx) for dy, dx in cfg.shifts for image in range(batch)
+                   for start in range(0, num_chunks * chunk, chunk)], np.int32)
+  h_ab = jax.lax.map(item, jnp.asarray(grid))
+  h_ab = h_ab.reshape(len(cfg.shifts), batch, num_chunks * chunk, width)[:, :, :height]
   h_b_shifted = jnp.stack([h_b[:, r + dy:r + dy + height, r + dx:r + dx + width]
                            for dy, dx in cfg.shifts])
   return mutual_information(h_a[None], h_b_shifted, h_ab, cfg.nmi)
@@ -369,9 +369,23 @@ def parzen_self_lmi(image: jax.Array, cfg: LMIConfig,
   return cross_lmi(image, image, no_search, mask).value
 
 
+_REFERENCE_ONLY = {"self": self_lmi, "self_parzen": parzen_self_lmi}
+
+
+def reference_channels(reference: jax.Array, cfg: LMIConfig,
+                       mask: jax.Array | None = None) -> dict[str, jax.Array]:
+  """The feature channels that depend on the reference alone, {name: (B, H, W, 1)}.
+
+  A sampler computes them once per source image instead of once per step.
+  """
+  return {name: _REFERENCE_ONLY[name](reference, cfg, mask)
+          for name in cfg.features if name in _REFERENCE_ONLY}
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def features(reference: jax.Array, x: jax.Array, cfg: LMIConfig,
-             mask: jax.Array | None = None) -> jax.Array:
+             mask: jax.Array | None = None,
+             fixed: dict[str, jax.Array] | None = None) -> jax.Array:
   """Conditioning channels for the score network, in the order of `cfg.features`.
 
   cross: LMI(reference; x); self: local entropy of the reference; self_parzen: the
@@ -380,18 +394,16 @@ def features(reference: jax.Array, x: jax.Array, cfg: LMIConfig,
   Args:
     reference: (B, H, W, 1) the clean image (F in training, the source G in sampling).
     x: (B, H, W, 1) the current sample x_t.
+    fixed: `reference_channels(reference, cfg, mask)` when already computed.
   Returns:
     (B, H, W, len(cfg.features)) float32.
   """
-  needs_cross = "cross" in cfg.features or "aligned" in cfg.features
-  cross = cross_lmi(reference, x, cfg, mask) if needs_cross else None
-  channels = {
-      "cross": lambda: cross.value,
-      "aligned": lambda: cross.aligned,
-      "self": lambda: self_lmi(reference, cfg, mask),
-      "self_parzen": lambda: parzen_self_lmi(reference, cfg, mask),
-  }
-  return jnp.concatenate([channels[name]() for name in cfg.features], axis=-1)
+  if fixed is None:
+    fixed = reference_channels(reference, cfg, mask)
+  if "cross" in cfg.features or "aligned" in cfg.features:
+    cross = cross_lmi(reference, x, cfg, mask)
+    fixed = dict(fixed, cross=cross.value, aligned=cross.aligned)
+  return jnp.concatenate([fixed[name] for name in cfg.features], axis=-1)
 
 
 def _check_pair(reference: jax.Array, moving: jax.Array) -> None:
