@@ -14,6 +14,31 @@ def get_config() -> ml_collections.ConfigDict:
   # --- data ------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
   data.image_size = 128  # Slices are resized to image_size x image_size.
+  data.dataset = "phantom"  # phantom (embedded, no download) | ixi | nifti (generic paired volumes).
+  data.root = ""  # Folder of the ixi / nifti volumes (unused by the phantom).
+  data.source = "PD"  # Source modality: translated at test time, never seen in training.
+  data.target = "T1"  # Target modality: the only one training uses; its grid is the slices' grid.
+  data.source_glob = ""  # nifti: source files under root (wildcards * ?); "" = "*/<source>.nii*".
+  data.target_glob = ""  # nifti: target files; what the wildcards match names the subject.
+  data.missing = "error"  # A subject lacking source or target: error | skip (dropped with a warning).
+  data.register = False  # Refine the headers' alignment of source to target by rigid MI registration.
+  data.seed = 0  # Seed of the subject split, the phantom subjects and registration sampling.
+  data.num_train_subjects = 100  # Training subjects (-1: all left after test and val; files only).
+  data.num_val_subjects = 10  # Validation subjects, in addition to the training and test ones.
+  data.num_test_subjects = 25  # Test subjects.
+  data.slices_per_subject = 3  # Axial slices per subject, evenly spread over slice_range.
+  data.slice_range = (0.45, 0.6)  # Fractions of the target's z extent (0 inferior, 1 superior) to slice.
+  data.p_lo = 0.0  # Percentile of all voxels mapped to 0 (0: the minimum, the background).
+  data.p_hi = 99.5  # Percentile of the foreground (Otsu) voxels mapped to 1; above is clipped.
+  data.mask = "none"  # none | foreground: zero all but the largest foreground component, holes filled.
+  data.phantom = ml_collections.ConfigDict()  # The embedded phantom's subject variation (lmi_jax/data/phantom.py).
+  data.phantom.voxel_mm = 1.5  # Isotropic voxel size of the phantom volumes (the anatomy is 1 mm).
+  data.phantom.rotation_deg = 5.0  # Largest random head rotation about each axis.
+  data.phantom.scale_jitter = 0.05  # Std of the log of the random head scale.
+  data.phantom.deform_mm = 2.0  # Std of the smooth random displacement per axis.
+  data.phantom.relax_jitter = 0.05  # Std of the log of each tissue's T1 and T2 per subject.
+  data.phantom.bias = 0.15  # Std of the log of the smooth multiplicative bias field.
+  data.phantom.noise = 0.02  # Rician noise std relative to the brightest tissue signal.
 
   # --- local mutual information (lmi_jax/lmi.py) ------------------------------
   config.lmi = lmi = ml_collections.ConfigDict()
@@ -32,18 +57,57 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- score model (lmi_jax/models) -----------------------------------------
   config.model = model = ml_collections.ConfigDict()
+  model.name = "ncsnpp"  # Architecture, a key of lmi_jax.models.MODELS.
+  model.nf = 64  # Base width; level i has nf * ch_mult[i] channels (64: the authors' width).
+  model.ch_mult = (1, 2, 2, 2)  # Width multiplier per resolution level; the map halves between levels.
+  model.num_res_blocks = 2  # Residual blocks per level in the encoder (the decoder has one more).
+  model.attn_resolutions = (16,)  # Feature-map sizes (pixels) that get self-attention (plus the bottleneck).
+  model.dropout = 0.1  # Dropout rate inside residual blocks while training.
+  model.resblock_type = "biggan"  # biggan: resampling inside residual blocks (9.9M params at 128px) | ddpm: separate layers (8.8M, like the authors' UNet).
+  model.resamp_with_conv = True  # ddpm blocks only: a 3x3 conv goes with each up/down-sampling.
+  model.fir = True  # FIR (StyleGAN2) filtered resampling instead of nearest / 2x2 mean.
+  model.fir_kernel = (1, 3, 3, 1)  # 1-D FIR taps; the 2-D filter is their outer product.
+  model.skip_rescale = True  # Residual sums divided by sqrt(2) to keep activations at unit scale.
+  model.progressive = "output_skip"  # Output pyramid: none | output_skip | residual.
+  model.progressive_input = "input_skip"  # Input pyramid: none | input_skip | residual.
+  model.progressive_combine = "sum"  # How input_skip merges the pyramid into the encoder: sum | cat.
+  model.embedding_type = "fourier"  # Noise-level embedding: fourier (of log std(t)) | positional (of 999 t).
+  model.fourier_scale = 16.0  # Std of the random Fourier frequencies.
+  model.init_scale = 0.0  # Init scale of layers closing a residual branch and of the output (0: zero).
+  model.conditional = True  # Condition the network on the noise level.
+  model.scale_by_sigma = True  # Feeding: score = network output / std(t), so the output has unit scale.
 
   # --- SDE (lmi_jax/sde.py) --------------------------------------------------
   config.sde = sde = ml_collections.ConfigDict()
+  sde.type = "ve"  # ve: the paper's Eq. 3 | vp: the DDPM schedule of the authors' code.
+  sde.sigma_min = 0.01  # VE: noise std at t = 0 (the data carry it, as in Song et al.).
+  sde.sigma_max = 50.0  # VE: prior std; Song's rule ~ largest distance between two [0,1] training slices (<= 128 at 128px).
+  sde.beta_min = 0.1  # VP: beta(0); 1e-4 per step over 1000 steps, as the authors.
+  sde.beta_max = 20.0  # VP: beta(1); 0.02 per step over 1000 steps, as the authors.
 
   # --- training (lmi_jax/train.py) -------------------------------------------
   config.training = training = ml_collections.ConfigDict()
 
   # --- sampling / translation (lmi_jax/sampling.py) ---------------------------
   config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.num_steps = 1000  # Euler-Maruyama steps of the reverse SDE (the authors: 1000).
+  sampling.corrector_steps = 0  # Langevin corrector moves before each step (0: plain Eq. 3).
+  sampling.snr = 0.16  # Langevin corrector signal-to-noise ratio (Song et al.).
+  sampling.eps = 1e-3  # Last time of the reverse SDE; the score is singular at t = 0.
+  sampling.denoise = True  # A final Tweedie step E[x(0) | x(eps)] removes the noise left at eps.
+  sampling.sdedit_t0 = 0.4  # SDEdit start time (the authors: step 400 of 1000; for vp signal 0.44, noise 0.90).
+  sampling.guidance_scale = 1.0  # Strength of the LMI guidance in translation.
+  sampling.seed = 0  # Sampling noise: key = fold_in(key(config.seed), sampling.seed); change it to redraw.
 
   # --- evaluation (lmi_jax/evaluation.py) -------------------------------------
   config.eval = evaluation = ml_collections.ConfigDict()
+  evaluation.kmeans_clusters = 3  # Tissue classes of the K-means segmenter (3: CSF/GM/WM; the paper's text says 5).
+  evaluation.background_threshold = 0.05  # Pixels <= this are background (label 0) and are not clustered.
+  evaluation.kmeans_max_pixels = 200_000  # Foreground pixels sampled (seeded) from the target train slices to fit K-means.
+  evaluation.kmeans_n_init = 10  # K-means restarts; the lowest-inertia fit is kept.
+  evaluation.methods = ("lmi", "sdedit", "histmatch", "identity")  # Translation methods compared (keys of translate.METHODS).
+  evaluation.split = "test"  # Split translated by --mode=sample/eval: test, or val for choices made before testing.
+  evaluation.max_slices = 0  # Translate only the first max_slices slices of the split (0: all).
 
   del data, lmi, model, sde, training, sampling, evaluation
   return config

@@ -1,0 +1,180 @@
+"""NCSN++ shapes over its options, FIR resampling against a NumPy upfirdn, the score wrapper."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default, tiny
+from lmi_jax.errors import InputError
+from lmi_jax.models import (NCSNpp, count_params, create_model, init_variables, layers,
+                            noise_labels, score_fn)
+from lmi_jax.sde import VESDE, VPSDE
+
+SMALL = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
+
+
+def _output_shape(model, size, in_channels, batch=2):
+  """Traces init and apply without running them: every option's code path, no compile."""
+  variables = jax.eval_shape(lambda k: init_variables(model, k, size, in_channels),
+                             jax.random.key(0))
+  out = jax.eval_shape(lambda v, x, s: model.apply(v, x, s, train=False), variables,
+                       jax.ShapeDtypeStruct((batch, size, size, in_channels), jnp.float32),
+                       jax.ShapeDtypeStruct((batch,), jnp.float32))
+  return out.shape
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(resblock_type="ddpm"),
+    dict(resblock_type="ddpm", resamp_with_conv=False, fir=False),
+    dict(fir=False, embedding_type="positional"),
+    dict(progressive="output_skip", progressive_input="input_skip"),
+    dict(progressive="residual", progressive_input="residual", skip_rescale=False),
+    dict(progressive_input="input_skip", progressive_combine="cat", attn_resolutions=()),
+    dict(resblock_type="ddpm", progressive="residual", progressive_input="input_skip",
+         conditional=False),
+    dict(ch_mult=(1, 2, 2), attn_resolutions=(8, 4), fir_kernel=(1, 2, 1)),
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+@pytest.mark.parametrize("num_features", [0, 2, 3])
+def test_output_is_the_score_of_x_alone(options, num_features):
+  model = NCSNpp(**{**SMALL, **options})
+  assert _output_shape(model, 16, 1 + num_features) == (2, 16, 16, 1)
+
+
+def _upfirdn_reference(x, taps, up, down, pad0, pad1):
+  """upfirdn on one (H, W) plane, from its definition: zero-stuff, pad, convolve, subsample."""
+  k = np.outer(taps, taps)
+  h, w = x.shape
+  stuffed = np.zeros((h * up, w * up))
+  stuffed[::up, ::up] = x
+  padded = np.pad(stuffed, ((pad0, pad1), (pad0, pad1)))
+  kh = k.shape[0]
+  out = np.zeros((padded.shape[0] - kh + 1, padded.shape[1] - kh + 1))
+  for i in range(out.shape[0]):
+    for j in range(out.shape[1]):
+      out[i, j] = np.sum(padded[i:i + kh, j:j + kh] * k[::-1, ::-1])
+  return out[::down, ::down]
+
+
+@pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 1), (1, 4, 6, 4, 1)])
+def test_fir_resampling_matches_upfirdn(taps):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+  p = len(taps) - 2
+  up = layers.upsample(jnp.asarray(x), True, taps)
+  down = layers.downsample(jnp.asarray(x), True, taps)
+  assert up.shape == (2, 16, 16, 3) and down.shape == (2, 4, 4, 3)
+  for b in range(2):
+    for c in range(3):
+      want_up = _upfirdn_reference(x[b, :, :, c], np.asarray(taps) * 2 / np.sum(taps), 2, 1,
+                                   (p + 1) // 2 + 1, p // 2)
+      want_down = _upfirdn_reference(x[b, :, :, c], np.asarray(taps) / np.sum(taps), 1, 2,
+                                     (p + 1) // 2, p // 2)
+      np.testing.assert_allclose(up[b, :, :, c], want_up, atol=1e-5)
+      np.testing.assert_allclose(down[b, :, :, c], want_down, atol=1e-5)
+  # Interpolation keeps a constant image constant away from the border.
+  const = layers.upsample(jnp.ones((1, 8, 8, 1)), True, taps)
+  np.testing.assert_allclose(const[0, 4:-4, 4:-4, 0], 1.0, rtol=1e-6)
+
+
+def test_nearest_and_mean_resampling():
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  np.testing.assert_array_equal(layers.upsample(x, False, ())[0, :2, :2, 0], 0.0)
+  np.testing.assert_allclose(layers.downsample(x, False, ())[0, 0, 0, 0], (0 + 1 + 4 + 5) / 4)
+
+
+def test_authors_size_parameter_count():
+  """nf 64, ch_mult (1,2,2,2), 2 blocks, attention at 16, 128x128, [x_t, cross, self]."""
+  config = default.get_config().model
+  counts = {}
+  for resblock_type in ("biggan", "ddpm"):
+    config.resblock_type = resblock_type
+    model = create_model(config)
+    counts[resblock_type] = count_params(jax.eval_shape(
+        lambda k: init_variables(model, k, 128, 3), jax.random.key(0)))
+  # The authors' DDPM UNet of the same width and depth has 8.95M.
+  assert 8.5e6 < counts["ddpm"] < 9.2e6
+  assert 9.2e6 < counts["biggan"] < 10.5e6
+
+
+def test_tiny_config_builds():
+  config = tiny.get_config()
+  model = create_model(config.model)
+  assert _output_shape(model, config.data.image_size, 3) == (2, 32, 32, 1)
+
+
+def test_bad_options_name_the_key():
+  config = default.get_config().model
+  config.progressive = "outputskip"
+  model = create_model(config)
+  with pytest.raises(InputError, match="model.progressive"):
+    _output_shape(model, 16, 3)
+  with pytest.raises(InputError, match="data.image_size"):
+    _output_shape(NCSNpp(**{**SMALL, "ch_mult": (1, 2, 2, 2)}), 12, 3)
+  config = default.get_config().model
+  config.name = "unet"
+  with pytest.raises(InputError, match="model.name"):
+    create_model(config)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+  """A small NCSN++ with dropout and random variables of init's structure.
+
+  Random draws stand in for Flax's initialisers, whose compilation would take most of this
+  file's time; they also make the output layers non-zero, so the output depends on every input.
+  """
+  model = NCSNpp(**SMALL, dropout=0.5)
+  shapes = jax.eval_shape(lambda k: init_variables(model, k, 16, 3), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+  return model, variables
+
+
+def test_forward_pass(small_model):
+  model, variables = small_model
+  apply = jax.jit(lambda v, x, s, k, train: model.apply(
+      v, x, s, train=train, rngs={"dropout": k}), static_argnums=4)
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+  s = jnp.array([-2.0, 1.0])
+  eval_a = apply(variables, x, s, jax.random.key(2), False)
+  eval_b = apply(variables, x, s, jax.random.key(3), False)
+  assert eval_a.shape == (2, 16, 16, 1) and np.all(np.isfinite(eval_a))
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a = apply(variables, x, s, jax.random.key(2), True)
+  train_b = apply(variables, x, s, jax.random.key(3), True)
+  assert not np.allclose(train_a, train_b)
+  # The noise label and the feature channels reach the output.
+  assert not np.allclose(eval_a, apply(variables, x, s + 1.0, jax.random.key(2), False))
+  x2 = x.at[..., 1:].set(0.0)
+  assert not np.allclose(eval_a, apply(variables, x2, s, jax.random.key(2), False))
+
+
+def test_noise_labels():
+  t = jnp.array([0.1, 0.5])
+  ve = VESDE(0.01, 50.0)
+  np.testing.assert_allclose(noise_labels("fourier", ve, t), np.log(ve.sigma(t)), rtol=1e-5)
+  np.testing.assert_allclose(noise_labels("positional", VPSDE(), t), 999.0 * t)
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.01, 50.0), VPSDE()], ids=["ve", "vp"])
+def test_score_fn_feeds_the_network(small_model, sde):
+  model, variables = small_model
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1))
+  features = jax.random.uniform(jax.random.key(2), (2, 16, 16, 2))
+  t = jnp.array([0.2, 0.7])
+
+  @jax.jit
+  def outputs(variables, x, features, t):
+    raw = model.apply(variables, jnp.concatenate([2 * x - 1, features], -1),
+                      jnp.log(sde.mean_std(t)[1]), train=False)
+    unscaled = score_fn(model, variables, sde, x, features, t, scale_by_sigma=False)
+    scaled = score_fn(model, variables, sde, x, features, t, scale_by_sigma=True)
+    return raw, unscaled, scaled
+
+  raw, unscaled, scaled = outputs(variables, x, features, t)
+  np.testing.assert_allclose(unscaled, raw, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(scaled, raw / sde.mean_std(t)[1][:, None, None, None],
+                             rtol=1e-5, atol=1e-6)

@@ -1,0 +1,155 @@
+"""The reverse-SDE sampler on Gaussian data, whose score under either SDE is exact."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from lmi_jax import sampling
+from lmi_jax.models import create_model, init_variables, score_fn
+from lmi_jax.sde import VESDE, VPSDE, sde_from_config
+
+MU, S = 0.4, 0.2  # Data: every pixel i.i.d. N(MU, S^2).
+SHAPE = (64, 16, 16, 1)  # 16384 independent draws.
+EPS = 1e-3
+SDES = {"ve": VESDE(0.01, 50.0), "vp": VPSDE(0.1, 20.0)}
+
+
+def gaussian_score(sde, x, t):
+  """Exact score of p_t = N(alpha MU, alpha^2 S^2 + std^2) for x (B, ...), t (B,)."""
+  alpha, std = (v[:, None, None, None] for v in sde.mean_std(t))
+  return -(x - alpha * MU) / (alpha**2 * S**2 + std**2)
+
+
+def _sample(sde, key, x_init=None, **kwargs):
+  score_fn = functools.partial(gaussian_score, sde)
+  run = jax.jit(lambda key, x_init: sampling.em_sampler(
+      score_fn, sde, SHAPE, key, eps=EPS, x_init=x_init, **kwargs))
+  return run(key, x_init)
+
+
+def _check_moments(x, mean, std, rtol_std=0.03):
+  assert np.all(np.isfinite(x))
+  np.testing.assert_allclose(x.mean(), mean, atol=0.006)  # 4 standard errors.
+  np.testing.assert_allclose(x.std(), std, rtol=rtol_std)
+
+
+@pytest.mark.parametrize("name", ["ve", "vp"])
+def test_em_reaches_the_data_distribution(name):
+  sde = SDES[name]
+  x, _ = _sample(sde, jax.random.key(0), num_steps=500, denoise=False)
+  # Without denoising the sample is x(eps): N(alpha MU, alpha^2 S^2 + std^2) at eps.
+  alpha, std = sde.mean_std(jnp.array(EPS))
+  _check_moments(x, alpha * MU, np.sqrt(alpha**2 * S**2 + std**2))
+
+
+@pytest.mark.parametrize("name", ["ve", "vp"])
+def test_denoised_sample_is_tweedies_mean(name):
+  sde = SDES[name]
+  x, _ = _sample(sde, jax.random.key(1), num_steps=500, denoise=True)
+  # E[x0 | x(eps)] of Gaussian data has std S^2 alpha / sqrt(alpha^2 S^2 + std^2).
+  alpha, std = sde.mean_std(jnp.array(EPS))
+  _check_moments(x, MU, S**2 * alpha / np.sqrt(alpha**2 * S**2 + std**2))
+
+
+@pytest.mark.parametrize("name", ["ve", "vp"])
+def test_tweedie_is_the_posterior_mean(name):
+  sde = SDES[name]
+  x = jax.random.normal(jax.random.key(7), (4, 2, 2, 1))
+  t = 0.3
+  alpha, std = sde.mean_std(jnp.array(t))
+  # Gaussian conditioning: E[x0 | x] = MU + alpha S^2 / (alpha^2 S^2 + std^2) (x - alpha MU).
+  want = MU + alpha * S**2 / (alpha**2 * S**2 + std**2) * (x - alpha * MU)
+  got = sampling.tweedie_denoise(functools.partial(gaussian_score, sde), sde, x, t)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ve", "vp"])
+def test_predictor_corrector(name):
+  sde = SDES[name]
+  x, _ = _sample(sde, jax.random.key(2), num_steps=200, corrector_steps=1, snr=0.16)
+  _check_moments(x, MU, S, rtol_std=0.04)
+
+
+@pytest.mark.parametrize("name", ["ve", "vp"])
+def test_sdedit_keeps_the_distribution_and_part_of_the_image(name):
+  sde = SDES[name]
+  x_init = MU + S * jax.random.normal(jax.random.key(3), SHAPE)
+  t0 = 0.4
+  x, _ = _sample(sde, jax.random.key(4), num_steps=200, x_init=x_init, t_start=t0)
+  _check_moments(x, MU, S)
+  # x is a posterior draw given x(t0) of x_init, so corr(x, x_init) is the share of x(t0)'s
+  # variance that x_init explains: 0.31 for VE (std 0.30), 0.01 for VP (noise 0.90).
+  alpha, std = sde.mean_std(jnp.array(t0))
+  want = alpha**2 * S**2 / (alpha**2 * S**2 + std**2)
+  corr = np.corrcoef(np.ravel(x), np.ravel(x_init))[0, 1]
+  np.testing.assert_allclose(corr, want, atol=4 / np.sqrt(x.size))
+
+
+def test_scan_equals_a_python_loop_over_the_same_steps():
+  sde = SDES["vp"]
+  score_fn = lambda x, t: gaussian_score(sde, x, t) + 0.1 * jnp.sin(x)  # Nonlinear in x.
+  key, num_steps, shape = jax.random.key(5), 12, (3, 8, 8, 1)
+  kwargs = dict(eps=EPS, corrector_steps=2, snr=0.16, t_start=0.9)
+  x_scan, traj = jax.jit(lambda k: sampling.em_sampler(
+      score_fn, sde, shape, k, num_steps, denoise=True, trajectory_steps=(0, 5, 12),
+      **kwargs))(key)
+
+  init_key, step_keys = sampling.split_keys(key, num_steps)
+  x = sde.prior_sample(init_key, shape)
+  ts = sampling.time_grid(num_steps, EPS, 0.9)
+  states = [x]
+  for i in range(num_steps):
+    x = sampling.reverse_step(score_fn, sde, x, ts[i], ts[i + 1], step_keys[i],
+                              kwargs["corrector_steps"], kwargs["snr"])
+    states.append(x)
+  np.testing.assert_allclose(traj, np.stack([states[0], states[5], states[12]]), atol=1e-6)
+  np.testing.assert_allclose(x_scan, sampling.tweedie_denoise(score_fn, sde, x, EPS),
+                             atol=1e-6)
+
+
+def test_trajectory_order_and_errors():
+  sde = SDES["ve"]
+  score_fn = functools.partial(gaussian_score, sde)
+  x, traj = sampling.em_sampler(score_fn, sde, (2, 4, 4, 1), jax.random.key(6), 6,
+                                denoise=False, trajectory_steps=(6, 2))
+  assert traj.shape == (2, 2, 4, 4, 1)
+  np.testing.assert_array_equal(traj[0], x)
+  _, empty = sampling.em_sampler(score_fn, sde, (2, 4, 4, 1), jax.random.key(6), 6)
+  assert empty.shape == (0, 2, 4, 4, 1)
+  with pytest.raises(ValueError, match="trajectory_steps"):
+    sampling.em_sampler(score_fn, sde, (2, 4, 4, 1), jax.random.key(6), 6,
+                        trajectory_steps=(7,))
+
+
+def test_tiny_config_samples_with_the_network():
+  """The pieces as the translation loop joins them: compiled once, reused for new keys."""
+  config = tiny.get_config()
+  model, sde = create_model(config.model), sde_from_config(config.sde)
+  size = config.data.image_size
+  shapes = jax.eval_shape(lambda k: init_variables(model, k, size, 3), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(0.05 * rng.normal(size=s.shape), s.dtype), shapes)
+  traces = []
+
+  @jax.jit
+  def translate(variables, features, key):
+    traces.append(1)
+    score = lambda x, t: score_fn(model, variables, sde, x, features, t,
+                                  scale_by_sigma=config.model.scale_by_sigma)
+    s = config.sampling
+    return sampling.em_sampler(score, sde, (2, size, size, 1), key, s.num_steps, eps=s.eps,
+                               corrector_steps=s.corrector_steps, snr=s.snr,
+                               trajectory_steps=(0, s.num_steps))
+
+  features = jnp.full((2, size, size, 2), 0.5)
+  x, traj = translate(variables, features, jax.random.key(1))
+  x2, _ = translate(variables, features + 0.1, jax.random.key(2))
+  assert x.shape == (2, size, size, 1) and traj.shape == (2, 2, size, size, 1)
+  assert np.all(np.isfinite(x)) and not np.allclose(x, x2)
+  np.testing.assert_allclose(traj[0].std(), sde.prior_std, rtol=0.1)
+  assert len(traces) == 1
