@@ -87,6 +87,25 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- training (lmi_jax/train.py) -------------------------------------------
   config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 4  # Global batch over every device of every host; must divide by their count (the authors: 4).
+  training.num_steps = 300_000  # Optimisation steps (the paper: 300K iterations).
+  training.lr = 3e-4  # Adam learning rate (the paper); betas (0.9, 0.999) as the authors.
+  training.warmup_steps = 5000  # Linear learning-rate warm-up from lr / warmup_steps to lr (0: none).
+  training.grad_clip = 1.0  # Gradients are clipped to this global norm (the authors: 1.0; 0: off).
+  training.ema_decay = 0.9999  # Decay of the parameters' EMA, the weights sampling uses (the authors: 0.9999).
+  training.eps = 1e-5  # Smallest diffusion time of the loss: t ~ U(eps, 1).
+  training.p_uncond = 0.1  # Conditioning dropout: chance that an example's LMI features become the null (-1).
+  training.hflip = True  # Random horizontal flips of the training slices (the authors' blur is left out).
+  training.prefetch = 2  # Batches put on the devices ahead of the step that uses them.
+  training.log_every = 100  # Steps between metric log lines and TensorBoard scalars.
+  training.checkpoint_every = 5000  # Steps between checkpoints in workdir/checkpoints (one more at the end).
+  training.max_to_keep = 3  # Checkpoints kept; older ones are deleted.
+  training.sample_every = 10_000  # Steps between sample grids in workdir/samples and TensorBoard (0: none).
+  training.sample_steps = 100  # Reverse-SDE steps of those preview samples.
+  training.num_samples = 4  # Training slices in the grid, each with an LMI-conditioned and an unconditional sample.
+  training.coordinator_address = ""  # Multi-host: host:port of process 0 (needed when num_processes > 1).
+  training.num_processes = 1  # Multi-host: hosts taking part; each feeds batch_size / num_processes slices.
+  training.process_id = 0  # Multi-host: this host's index in [0, num_processes).
 
   # --- sampling / translation (lmi_jax/sampling.py) ---------------------------
   config.sampling = sampling = ml_collections.ConfigDict()

@@ -14,6 +14,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- data ---
   config.data.image_size = 32
+  config.data.num_train_subjects = 4
+  config.data.num_val_subjects = 1
+  config.data.num_test_subjects = 2
+  config.data.phantom.voxel_mm = 3.0  # A coarse anatomy builds the phantom in under a second.
 
   # --- score model: a few channels, two levels, every option path that costs little ---
   model = config.model
@@ -29,5 +33,16 @@ def get_config() -> ml_collections.ConfigDict:
   # --- sampling ---
   config.sampling.num_steps = 8
   config.sampling.corrector_steps = 1
+
+  # --- training: a few steps, a short EMA, frequent logs and a cheap preview ---
+  training = config.training
+  training.num_steps = 40
+  training.warmup_steps = 5
+  training.ema_decay = 0.9
+  training.log_every = 10
+  training.checkpoint_every = 20
+  training.sample_every = 20
+  training.sample_steps = 4
+  training.num_samples = 2
 
   return config

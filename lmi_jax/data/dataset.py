@@ -1,0 +1,252 @@
+"""The dataset entry point: subjects -> subject-level split -> normalised slice pairs, cached.
+
+Splits are by subject, never by slice. The subject list (sorted) is permuted with data.seed;
+the first data.num_test_subjects form "test", the next data.num_val_subjects "val" and the next
+data.num_train_subjects "train" (-1: all that remain; files only). Validation subjects are thus
+in addition to the training and test subjects: the defaults 100 / 10 / 25 keep the paper's
+100 training and 25 test subjects (300 / 75 slices). The phantom makes exactly as many
+subjects as the split asks for; subject i is `phantom_subject(subject_seed(data.seed, i), ...)`.
+
+Per subject: the target volume fixes the grid; data.slices_per_subject axial slices are spread
+over data.slice_range of its z extent. Each volume is normalised to [0, 1] on its own grid
+(lmi_jax.data.slices.normalize); a source on another grid is resampled onto the target's slices
+(lmi_jax.data.nifti). The phantom simulates only the slab of axial slices that holds the
+chosen ones and normalises on that slab. The result is cached as workdir/cache/<hash>.npz, the
+hash covering the whole data config, a pipeline version and the input files' sizes and times.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lmi_jax.data import nifti, phantom
+from lmi_jax.data import slices as slicing
+from lmi_jax.errors import InputError
+
+DATASETS = ("phantom", "ixi", "nifti")
+SPLITS = ("train", "val", "test")
+_VERSION = 1  # Bump whenever the pipeline's output changes, so stale caches are not reused.
+_PROGRESS_EVERY = (10, 30.0)  # A progress line after this many subjects or seconds, whichever first.
+_MIN_COVERAGE = 0.95  # Share of a target slice's foreground the source must cover.
+
+Pair = dict[str, object]
+Subject = tuple[int, str, Callable[[], Pair]]
+
+
+def check_data_config(data: ml_collections.ConfigDict) -> None:
+  """Raise InputError naming the first `data.*` key with an unusable value."""
+  def require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+      raise InputError(f"data.{key}={data[key]!r}: {what}.")
+  require(data.dataset in DATASETS, "dataset", f"choose one of {DATASETS}")
+  require(data.image_size >= 8, "image_size", "use at least 8 pixels")
+  require(data.slices_per_subject >= 1, "slices_per_subject", "take at least one slice")
+  lo, hi = data.slice_range
+  require(0.0 <= lo <= hi <= 1.0, "slice_range", "give (lo, hi) with 0 <= lo <= hi <= 1")
+  require(0.0 <= data.p_lo < data.p_hi <= 100.0, "p_hi", "need 0 <= data.p_lo < data.p_hi <= 100")
+  require(data.mask in slicing.MASKS, "mask", f"choose one of {slicing.MASKS}")
+  require(data.missing in ("error", "skip"), "missing", "choose 'error' or 'skip'")
+  require(data.num_test_subjects >= 0, "num_test_subjects", "use a count >= 0")
+  require(data.num_val_subjects >= 0, "num_val_subjects", "use a count >= 0")
+  if data.dataset == "phantom":
+    require(data.num_train_subjects >= 0, "num_train_subjects", "the phantom needs a count >= 0")
+    for role in ("source", "target"):
+      require(data[role] in phantom.CONTRASTS, role, f"the phantom has {phantom.CONTRASTS}")
+  else:
+    require(data.num_train_subjects >= -1, "num_train_subjects",
+            "use a count >= 0, or -1 for all the rest")
+
+
+def subject_seed(seed: int, subject: int) -> int:
+  """Independent 32-bit seed of one phantom subject."""
+  return int(np.random.SeedSequence([seed, subject]).generate_state(1)[0])
+
+
+def split_subjects(subjects: Sequence[Subject],
+                   data: ml_collections.ConfigDict) -> dict[str, list[Subject]]:
+  """Seeded subject-level split (see the module docstring); each split sorted by id."""
+  order = np.random.default_rng(data.seed).permutation(len(subjects))
+  counts = {"test": data.num_test_subjects, "val": data.num_val_subjects}
+  counts["train"] = (len(subjects) - sum(counts.values()) if data.num_train_subjects == -1
+                     else data.num_train_subjects)
+  if counts["train"] < 0 or sum(counts.values()) > len(subjects):
+    raise InputError(
+        f"data.root={data.root!r} has {len(subjects)} usable subjects but data.num_train_subjects, "
+        f"num_val_subjects and num_test_subjects ask for {counts['train']}, {counts['val']} and "
+        f"{counts['test']}; lower them (num_train_subjects=-1 takes all that remain).")
+  splits, start = {}, 0
+  for split in ("test", "val", "train"):
+    chosen = order[start:start + counts[split]]
+    splits[split] = sorted((subjects[i] for i in chosen), key=lambda s: s[0])
+    start += counts[split]
+  return splits
+
+
+def _phantom_subjects(data: ml_collections.ConfigDict) -> tuple[list[Subject], list]:
+  total = data.num_train_subjects + data.num_val_subjects + data.num_test_subjects
+  shape, _ = phantom.phantom_grid(data.phantom.voxel_mm)
+  indices = slicing.slice_indices(shape[2], data.slice_range, data.slices_per_subject)
+  slab = (int(indices[0]), int(indices[-1]) + 1)  # Only the slices' slab is simulated: 5-10x faster.
+  roles = (data.source, data.target)
+
+  def pair(index: int) -> Pair:
+    volumes = phantom.phantom_subject(subject_seed(data.seed, index), data, roles, slab)
+    name = f"phantom subject {index}"
+    return {"source": volumes[data.source], "target": volumes[data.target],
+            "source_affine": volumes["affine"], "target_affine": volumes["affine"],
+            "labels": volumes["labels"], "indices": indices - slab[0],
+            "source_name": name, "target_name": name}
+  return [(i, f"phantom{i}", lambda i=i: pair(i)) for i in range(total)], []
+
+
+def _file_subjects(data: ml_collections.ConfigDict) -> tuple[list[Subject], list]:
+  found = nifti.ixi_pairs(data) if data.dataset == "ixi" else nifti.glob_pairs(data)
+
+  def pair(source_path: str, target_path: str) -> Pair:
+    source, source_affine = nifti.load_volume(source_path)
+    target, target_affine = nifti.load_volume(target_path)
+    indices = slicing.slice_indices(target.shape[2], data.slice_range, data.slices_per_subject)
+    return {"source": source, "target": target, "source_affine": source_affine,
+            "target_affine": target_affine, "indices": indices,
+            "source_name": source_path, "target_name": target_path}
+  subjects = [(i, name, lambda s=s, t=t: pair(s, t)) for i, name, s, t in found]
+  fingerprint = [[p, os.path.getsize(p), os.path.getmtime(p)] for _, _, s, t in found for p in (s, t)]
+  return subjects, fingerprint
+
+
+def pair_slices(pair: Pair, data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Normalised source/target (and label) slices of one subject on the target's grid.
+
+  Args:
+    pair: "source", "target" volumes with their "source_affine", "target_affine"; "indices" of
+      the target's axial slices to take; "source_name", "target_name" for messages; "labels"
+      (on the target grid) if known.
+
+  Returns:
+    "source", "target": (S, H, W, 1) float32 in [0, 1]; "labels": (S, H, W) int32 if the pair
+    has labels; S = data.slices_per_subject, H = W = data.image_size.
+  """
+  target, target_affine = pair["target"], pair["target_affine"]
+  source, source_affine = pair["source"], pair["source_affine"]
+  indices = pair["indices"]
+  head = slicing.foreground(target)[:, :, indices]
+  empty = [int(z) for z, n in zip(indices, head.sum((0, 1))) if n < 0.01 * head[..., 0].size]
+  if empty:
+    raise InputError(f"{pair['target_name']}: axial slices {empty} hold no anatomy; move "
+                     f"data.slice_range={tuple(data.slice_range)} (fractions of the z extent, "
+                     "0 = inferior).")
+  target_n = slicing.normalize(target, data.p_lo, data.p_hi, data.mask)
+  source_n = slicing.normalize(source, data.p_lo, data.p_hi, data.mask)
+  if nifti.same_grid(source.shape, source_affine, target.shape, target_affine):
+    planes = source_n[:, :, indices]
+  else:
+    world = (nifti.rigid_registration(target, target_affine, source, source_affine, data.seed)
+             if data.register else None)
+    planes, inside = nifti.resample_slices(source_n, source_affine, target.shape, target_affine,
+                                           indices, world)
+    coverage = (inside & head).sum((0, 1)) / head.sum((0, 1))
+    if coverage.min() < _MIN_COVERAGE:
+      z = int(indices[np.argmin(coverage)])
+      how = "registration" if data.register else "alignment by the headers"
+      raise InputError(
+          f"{pair['source_name']}: after {how} it covers only {coverage.min():.0%} of the head in "
+          f"axial slice {z} of {pair['target_name']}; check both headers (affines), set "
+          "data.register=True, or narrow data.slice_range.")
+  spacing = nifti.voxel_sizes(target_affine)
+  size = data.image_size
+  out = {"source": slicing.volume_to_slices(planes, spacing, size, range(len(indices)))[..., None],
+         "target": slicing.volume_to_slices(target_n, spacing, size, indices)[..., None]}
+  if "labels" in pair:
+    labels = pair["labels"].astype(np.int32)
+    out["labels"] = slicing.volume_to_slices(labels, spacing, size, indices, order=0)
+  return out
+
+
+def _build_split(subjects: Sequence[Subject], data: ml_collections.ConfigDict,
+                 progress: Callable[[], None]) -> dict[str, np.ndarray]:
+  parts = []
+  for subject_id, _, load in subjects:
+    slices = pair_slices(load(), data)
+    slices["subject"] = np.full(data.slices_per_subject, subject_id, np.int32)
+    parts.append(slices)
+    progress()
+  if parts:
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+  size = data.image_size
+  empty = {"source": np.zeros((0, size, size, 1), np.float32),
+           "target": np.zeros((0, size, size, 1), np.float32), "subject": np.zeros((0,), np.int32)}
+  if data.dataset == "phantom":
+    empty["labels"] = np.zeros((0, size, size), np.int32)
+  return empty
+
+
+def cache_path(data: ml_collections.ConfigDict, workdir: str, fingerprint: list) -> str:
+  """workdir/cache/<hash of the data config, pipeline version and input files>.npz"""
+  blob = json.dumps({"version": _VERSION, "data": data.to_dict(), "files": fingerprint},
+                    sort_keys=True, default=str)
+  return os.path.join(workdir, "cache", hashlib.sha256(blob.encode()).hexdigest()[:20] + ".npz")
+
+
+def _save_atomic(path: str, dataset: dict[str, dict[str, np.ndarray]]) -> None:
+  """Write the npz to a temporary file beside `path`, then rename: no half-written cache."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  flat = {f"{split}.{key}": value for split, arrays in dataset.items() for key, value in arrays.items()}
+  handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
+  try:
+    with os.fdopen(handle, "wb") as f:
+      np.savez(f, **flat)
+    os.replace(temporary, path)
+  except BaseException:
+    os.unlink(temporary)
+    raise
+
+
+def _load(path: str) -> dict[str, dict[str, np.ndarray]]:
+  dataset: dict[str, dict[str, np.ndarray]] = {}
+  with np.load(path) as archive:
+    for name in archive.files:
+      split, key = name.split(".", 1)
+      dataset.setdefault(split, {})[key] = archive[name]
+  return dataset
+
+
+def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, np.ndarray]]:
+  """Source/target slice pairs by split, built once and then read from the workdir cache.
+
+  Args:
+    config: the whole config; only `config.data` is used.
+    workdir: the run's folder; the cache lives in workdir/cache.
+  Returns:
+    {"train", "val", "test"} -> {"source", "target": (N, H, W, 1) float32 in [0, 1],
+    "labels": (N, H, W) int32 (0 background, 1 CSF, 2 GM, 3 WM; phantom only),
+    "subject": (N,) int32}. source / target are the modalities data.source / data.target.
+  """
+  data = config.data
+  check_data_config(data)
+  subjects, fingerprint = (_phantom_subjects if data.dataset == "phantom" else _file_subjects)(data)
+  path = cache_path(data, workdir, fingerprint)
+  if os.path.exists(path):
+    logging.info("Data: reading the cache %s", path)
+    return _load(path)
+  splits = split_subjects(subjects, data)
+  total, done, start = sum(len(s) for s in splits.values()), 0, time.time()
+  last = [0, start]  # Subjects done and time at the last progress line.
+
+  def progress() -> None:
+    nonlocal done
+    done += 1
+    now = time.time()
+    if done == total or done - last[0] >= _PROGRESS_EVERY[0] or now - last[1] >= _PROGRESS_EVERY[1]:
+      logging.info("Data (%s): %d/%d subjects, %.1f s", data.dataset, done, total, now - start)
+      last[:] = done, now
+  dataset = {split: _build_split(splits[split], data, progress) for split in SPLITS}
+  _save_atomic(path, dataset)
+  logging.info("Data: cached %s", path)
+  return dataset

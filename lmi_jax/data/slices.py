@@ -1,0 +1,126 @@
+"""Pure volume and slice operations: intensity normalisation, slice choice, 2D geometry.
+
+Slice geometry (one place, used both ways). Volumes are canonical (RAS): axis 0 runs left to
+right, axis 1 posterior to anterior, axis 2 inferior to superior. Axial slice z is
+`rot90(volume[:, :, z])`, an (Y, X) image with anterior at the top and the subject's right on
+the right. It is resized so both in-plane voxel sizes become one pixel size (the longer
+physical side spans image_size pixels) and centred on an image_size x image_size canvas of
+zeros; `slices_to_volume` crops the canvas and resizes back.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+from skimage import filters, transform
+
+from lmi_jax.errors import InputError
+
+MASKS = ("none", "foreground")
+
+
+def foreground(volume: np.ndarray) -> np.ndarray:
+  """Voxels above the Otsu threshold, (X, Y, Z) bool: tissue against dark background and noise."""
+  return volume > filters.threshold_otsu(volume)
+
+
+def head_mask(volume: np.ndarray) -> np.ndarray:
+  """The largest connected foreground component with its holes (ventricles, sinuses) filled."""
+  labelled, count = ndimage.label(foreground(volume))
+  if count == 0:
+    return np.zeros(volume.shape, bool)
+  largest = 1 + np.argmax(np.bincount(labelled.ravel())[1:])
+  return ndimage.binary_fill_holes(labelled == largest)
+
+
+def normalize(volume: np.ndarray, p_lo: float, p_hi: float, mask: str = "none") -> np.ndarray:
+  """Linear map to [0, 1] with clipping.
+
+  0 is the p_lo percentile of all voxels (default 0: the minimum, the background level) and 1 the
+  p_hi percentile of the foreground voxels, so the field of view's size does not move it.
+
+  Args:
+    volume: (X, Y, Z) float, finite, not constant.
+    mask: "none", or "foreground" to zero everything outside `head_mask`.
+  Returns:
+    (X, Y, Z) float32 in [0, 1].
+  """
+  lo = np.percentile(volume, p_lo)
+  hi = np.percentile(volume[foreground(volume)], p_hi)
+  out = np.clip((volume - lo) / max(hi - lo, np.finfo(np.float32).tiny), 0.0, 1.0)
+  if mask == "foreground":
+    out = out * head_mask(volume)
+  return out.astype(np.float32)
+
+
+def slice_indices(num_slices: int, slice_range: Sequence[float], count: int) -> np.ndarray:
+  """`count` axial indices evenly spread over the fractional range of a volume's z extent.
+
+  Args:
+    num_slices: Z, the volume's number of axial slices.
+    slice_range: (lo, hi) fractions of the z extent, 0 inferior, 1 superior.
+  Returns:
+    (count,) int, distinct and increasing; the range's ends are included (its middle for one).
+  """
+  lo, hi = slice_range
+  first, last = int(np.ceil(lo * (num_slices - 1))), int(np.floor(hi * (num_slices - 1)))
+  if last - first + 1 < count:
+    raise InputError(
+        f"data.slice_range={tuple(slice_range)} covers {max(last - first + 1, 0)} of {num_slices} "
+        f"axial slices but data.slices_per_subject={count}: widen the range or take fewer slices.")
+  spread = np.linspace(first, last, count) if count > 1 else [(first + last) / 2]
+  return np.round(spread).astype(np.int64)
+
+
+def _fit(shape: tuple[int, int], spacing: tuple[float, float],
+         size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Resized shape and canvas offset of an (H, W) slice with pixel spacing (dy, dx) on size x size."""
+  extent = (shape[0] * spacing[0], shape[1] * spacing[1])
+  scale = size / max(extent)
+  inner = tuple(int(min(size, max(1, round(e * scale)))) for e in extent)
+  return inner, ((size - inner[0]) // 2, (size - inner[1]) // 2)
+
+
+def volume_to_slices(volume: np.ndarray, spacing: Sequence[float], size: int, indices: Sequence[int],
+                     order: int = 1) -> np.ndarray:
+  """Axial slices on a square canvas (see the module docstring).
+
+  Args:
+    volume: (X, Y, Z) canonical volume; spacing: its (3,) voxel sizes in mm.
+    order: interpolation order, 1 for images, 0 for labels.
+  Returns:
+    (N, size, size) of volume's dtype (float32 for images), N = len(indices).
+  """
+  plane = (volume.shape[1], volume.shape[0])
+  inner, (oy, ox) = _fit(plane, (spacing[1], spacing[0]), size)
+  shrinking = inner[0] < plane[0] or inner[1] < plane[1]
+  out = np.zeros((len(indices), size, size), volume.dtype)
+  for n, z in enumerate(indices):
+    image = np.rot90(volume[:, :, z])
+    resized = transform.resize(image, inner, order=order, preserve_range=True,
+                               anti_aliasing=order > 0 and shrinking)
+    out[n, oy:oy + inner[0], ox:ox + inner[1]] = resized
+  return out
+
+
+def slices_to_volume(slices: np.ndarray, shape: Sequence[int], spacing: Sequence[float],
+                     indices: Sequence[int]) -> np.ndarray:
+  """Inverse of `volume_to_slices` for images: slices back onto a canonical grid.
+
+  Args:
+    slices: (N, size, size) float.
+    shape: (X, Y, Z) of the canonical grid; spacing: its (3,) voxel sizes in mm.
+    indices: (N,) axial index of each slice; other slices of the result stay 0.
+  Returns:
+    (X, Y, Z) float32.
+  """
+  size = slices.shape[-1]
+  plane = (shape[1], shape[0])
+  inner, (oy, ox) = _fit(plane, (spacing[1], spacing[0]), size)
+  shrinking = plane[0] < inner[0] or plane[1] < inner[1]
+  volume = np.zeros(tuple(shape), np.float32)
+  for image, z in zip(slices, indices):
+    crop = image[oy:oy + inner[0], ox:ox + inner[1]]
+    resized = transform.resize(crop, plane, order=1, preserve_range=True, anti_aliasing=shrinking)
+    volume[:, :, z] = np.rot90(resized, -1)
+  return volume
