@@ -1,0 +1,268 @@
+"""Translation methods and the two modes behind them: `--mode=sample` and `--mode=eval`.
+
+A method turns source-contrast slices (N, H, W, 1) in [0, 1] into target-contrast slices of
+the same shape. They share one signature, `method(context, source, key)`, and one dict,
+`METHODS`; adding a baseline touches that dict and nothing else.
+
+- lmi: the reverse SDE from the prior, the score network fed LMI(G; G, x_t) recomputed
+  from the current sample at every step (the paper's Eq. 3); the reference-only channels
+  of G are computed once. guidance_scale w mixes conditional and unconditional scores,
+  s = s_uncond + w (s_cond - s_uncond); w = 1 is plain conditioning, one network call.
+- sdedit: the same model without conditioning (null features), started from the source
+  perturbed to t0 (Meng et al.).
+- histmatch: the source's histogram matched to the pooled target training histogram.
+- identity: the source as it is.
+"""
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import linen as nn
+from skimage import exposure
+
+from lmi_jax import evaluation, lmi, losses, sampling, train
+from lmi_jax.data import load_dataset, nifti
+from lmi_jax.errors import InputError
+from lmi_jax.models import create_model, score_fn
+from lmi_jax.sde import SDE, sde_from_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Everything a method needs besides its input: the trained model and the settings."""
+  model: nn.Module
+  variables: dict
+  sde: SDE
+  lmi_cfg: lmi.LMIConfig
+  config: ml_collections.ConfigDict
+  target_reference: np.ndarray  # (M,) pooled target training intensities, for histmatch
+
+
+def guided_score(ctx: Context, source: jax.Array, fixed: dict[str, jax.Array],
+                 guidance_scale: float) -> sampling.ScoreFn:
+  """Score of x_t conditioned on LMI(source; source, x_t), with optional guidance.
+
+  Args:
+    source: (B, H, W, 1) the source slices G.
+    fixed: `lmi.reference_channels(source, ...)`, computed once per source.
+  Returns:
+    score(x (B, H, W, 1), t (B,)) -> (B, H, W, 1).
+  """
+  scale_by_sigma = ctx.config.model.scale_by_sigma
+
+  def network(x, feats, t):
+    return score_fn(ctx.model, ctx.variables, ctx.sde, x, feats, t,
+                    scale_by_sigma=scale_by_sigma)
+
+  def score(x: jax.Array, t: jax.Array) -> jax.Array:
+    feats = lmi.features(source, x, ctx.lmi_cfg, fixed=fixed)
+    conditional = network(x, feats, t)
+    if guidance_scale == 1.0:
+      return conditional
+    unconditional = network(x, losses.null_features(feats.shape), t)
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+  return score
+
+
+def unconditional_score(ctx: Context, num_channels: int) -> sampling.ScoreFn:
+  """Score of x_t with the null conditioning the model was trained with (dropout)."""
+
+  def score(x: jax.Array, t: jax.Array) -> jax.Array:
+    null = losses.null_features(x.shape[:-1] + (num_channels,))
+    return score_fn(ctx.model, ctx.variables, ctx.sde, x, null, t,
+                    scale_by_sigma=ctx.config.model.scale_by_sigma)
+
+  return score
+
+
+def lmi_sample(ctx: Context, source: jax.Array, key: jax.Array,
+               trajectory_steps: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
+  """LMI-guided translation of (B, H, W, 1) sources: the sample and its trajectory."""
+  cfg = ctx.config.sampling
+  fixed = lmi.reference_channels(source, ctx.lmi_cfg)
+  score = guided_score(ctx, source, fixed, float(cfg.guidance_scale))
+  return sampling.em_sampler(
+      score, ctx.sde, source.shape, key, int(cfg.num_steps), eps=float(cfg.eps),
+      corrector_steps=int(cfg.corrector_steps), snr=float(cfg.snr),
+      denoise=bool(cfg.denoise), trajectory_steps=trajectory_steps)
+
+
+def sdedit_sample(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
+  """SDEdit: the source perturbed to t0, then the unconditional reverse SDE to eps."""
+  cfg = ctx.config.sampling
+  t0 = float(cfg.sdedit_t0)
+  # Keep the step size of the full sampler over the shorter span [eps, t0].
+  steps = max(1, round(int(cfg.num_steps) * t0))
+  score = unconditional_score(ctx, len(ctx.lmi_cfg.features))
+  out, _ = sampling.em_sampler(
+      score, ctx.sde, source.shape, key, steps, eps=float(cfg.eps),
+      corrector_steps=int(cfg.corrector_steps), snr=float(cfg.snr),
+      denoise=bool(cfg.denoise), x_init=source, t_start=t0)
+  return out
+
+
+def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
+                ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  """Runs a sampling method over (N, H, W, 1) sources in batches, pmapped over devices.
+
+  Each batch (`sampling.batch_size` slices) is split across the local devices with a
+  key each from fold_in(key, b); the last batch is padded by repeating its final slice
+  and cropped.
+  """
+  devices = jax.local_device_count()
+  per_device = max(1, int(ctx.config.sampling.batch_size) // devices)
+  batch = per_device * devices
+  run = jax.pmap(lambda src, k: fn(ctx, src, k))
+  outputs, start_time = [], time.time()
+  num_batches = -(-len(source) // batch)
+  for b in range(num_batches):
+    chunk = source[b * batch:(b + 1) * batch]
+    valid = len(chunk)
+    if valid < batch:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - valid, axis=0)])
+    keys = jax.random.split(jax.random.fold_in(key, b), devices)
+    out = run(jnp.asarray(chunk).reshape(devices, per_device, *chunk.shape[1:]), keys)
+    outputs.append(np.asarray(out).reshape(batch, *chunk.shape[1:])[:valid])
+    elapsed = time.time() - start_time
+    logging.info("%s: batch %d/%d done, %.1f s elapsed, about %.0f s left", fn.__name__,
+                 b + 1, num_batches, elapsed, elapsed / (b + 1) * (num_batches - b - 1))
+  return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)
+
+
+def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  return _per_device(lambda c, s, k: lmi_sample(c, s, k)[0], ctx, source, key)
+
+
+def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  return _per_device(sdedit_sample, ctx, source, key)
+
+
+def translate_histmatch(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  del key
+  reference = ctx.target_reference.reshape(1, -1)  # match_histograms wants equal ranks.
+  matched = [exposure.match_histograms(s[..., 0], reference) for s in source]
+  return np.clip(np.stack(matched)[..., None], 0.0, 1.0).astype(np.float32)
+
+
+def translate_identity(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  del ctx, key
+  return np.asarray(source, np.float32)
+
+
+METHODS = {
+    "lmi": translate_lmi,
+    "sdedit": translate_sdedit,
+    "histmatch": translate_histmatch,
+    "identity": translate_identity,
+}
+
+
+def make_context(config: ml_collections.ConfigDict, workdir: str,
+                 train_target: np.ndarray) -> Context:
+  """Restores the latest EMA parameters of `workdir` and builds the shared settings."""
+  variables, step = train.restore_ema_params(config, workdir)
+  logging.info("Using EMA parameters of training step %d.", step)
+  rng = np.random.default_rng(int(config.seed))
+  pooled = train_target.reshape(-1)
+  # A sample of the pooled histogram is as good a reference as all of it, and cheaper.
+  reference = rng.choice(pooled, size=min(pooled.size, 200_000), replace=False)
+  return Context(model=create_model(config.model), variables=variables,
+                 sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi),
+                 config=config, target_reference=reference)
+
+
+def sampling_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The translation key: the root seed folded with `sampling.seed`."""
+  return jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), int(config.sampling.seed))
+
+
+def _check_methods(names) -> tuple[str, ...]:
+  unknown = [n for n in names if n not in METHODS]
+  if unknown:
+    raise InputError(f"eval.methods: unknown method {unknown[0]!r}; choose from {sorted(METHODS)}.")
+  return tuple(names)
+
+
+def _split(data: dict, name: str, max_slices: int) -> dict[str, np.ndarray]:
+  if name not in data:
+    raise InputError(f"eval.split = {name!r}: the dataset has splits {sorted(data)}.")
+  split = data[name]
+  if max_slices > 0:
+    split = {k: v[:max_slices] for k, v in split.items()}
+  return split
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | None = None) -> str:
+  """`--mode=sample`: translates the test split, or the volume at `input_path`, with `lmi`.
+
+  Returns the path of what was written: WORKDIR/samples/<split>.npz and .png, or
+  WORKDIR/samples/<input name>_translated.nii.gz.
+  """
+  out_dir = os.path.join(workdir, "samples")
+  os.makedirs(out_dir, exist_ok=True)
+  key = sampling_key(config)
+  data = load_dataset(config, workdir)
+  ctx = make_context(config, workdir, data["train"]["target"])
+  if input_path:
+    slices, geometry = nifti.load_slices(input_path, config.data)
+    translated = translate_lmi(ctx, slices, key)
+    name = os.path.basename(input_path).split(".nii")[0]
+    out_path = os.path.join(out_dir, f"{name}_translated.nii.gz")
+    nifti.write_translation(translated[..., 0], geometry, out_path)
+    logging.info("Wrote %s (%d slices).", out_path, len(translated))
+    return out_path
+  split = _split(data, config.eval.split, int(config.eval.max_slices))
+  translated = translate_lmi(ctx, split["source"], key)
+  base = os.path.join(out_dir, config.eval.split)
+  evaluation.save_npz_atomic(base + ".npz", source=split["source"], translation=translated,
+                             target=split["target"])
+  evaluation.plot_rows({"source": split["source"], "translation": translated,
+                        "target": split["target"]}, base + ".png")
+  logging.info("Wrote %s.npz and %s.png (%d slices).", base, base, len(translated))
+  return base + ".npz"
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`--mode=eval`: every method of `eval.methods` on `eval.split`, against the target.
+
+  K-means is fitted on target training slices only; writes WORKDIR/eval/report.{json,md,csv}
+  and comparison.png, and returns the report.
+  """
+  methods = _check_methods(config.eval.methods)
+  data = load_dataset(config, workdir)
+  split = _split(data, config.eval.split, int(config.eval.max_slices))
+  train_target = data["train"]["target"]
+  segmenter = evaluation.fit_kmeans(
+      train_target, int(config.eval.kmeans_clusters), int(config.seed),
+      background_threshold=float(config.eval.background_threshold),
+      max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
+  needs_model = any(m in ("lmi", "sdedit") for m in methods)
+  ctx = make_context(config, workdir, train_target) if needs_model else Context(
+      model=None, variables={}, sde=sde_from_config(config.sde),
+      lmi_cfg=lmi.from_config(config.lmi), config=config,
+      target_reference=train_target.reshape(-1))
+  key = sampling_key(config)
+  outputs = {}
+  for index, name in enumerate(methods):
+    start = time.time()
+    outputs[name] = METHODS[name](ctx, split["source"], jax.random.fold_in(key, index))
+    logging.info("%s: %d slices in %.1f s", name, len(split["source"]), time.time() - start)
+  labels = split.get("labels")
+  if labels is not None and labels.max() != int(config.eval.kmeans_clusters):
+    labels = None  # Ground-truth classes only compare with K-means when the counts match.
+  report = evaluation.evaluate_methods(outputs, split["target"], segmenter, labels=labels)
+  report["split"] = config.eval.split
+  out_dir = os.path.join(workdir, "eval")
+  evaluation.write_report(report, out_dir)
+  evaluation.plot_comparison(split["target"], split["source"], outputs, segmenter,
+                             os.path.join(out_dir, "comparison.png"))
+  logging.info("Wrote %s/report.{json,md,csv} and comparison.png.", out_dir)
+  return report
