@@ -1,7 +1,7 @@
 """The phantom PD -> T1 setup at 64 x 64 with a small model, for training on a 2-core CPU.
 
 Same data split as `phantom_pd2t1` (300 / 75 slices, 30 for validation) at half the
-resolution; a ~1M-parameter NCSN++ and 100 sampling steps keep training and evaluation
+resolution; a 0.5M-parameter NCSN++ and 100 sampling steps keep training and evaluation
 within hours on a CPU. The VE prior std follows Song et al.'s rule: the largest distance
 between two training slices, 23.8 at 64 x 64.
 """
@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 64
 
   model = config.model
-  model.nf = 32
+  model.nf = 16
   model.ch_mult = (1, 2, 2, 2)
   model.num_res_blocks = 1
   model.attn_resolutions = (16,)
