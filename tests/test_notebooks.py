@@ -27,6 +27,7 @@ CELL_TIMEOUT_S = 600
 # Parameter overrides per notebook file name, applied on top of its parameters cell.
 OVERRIDES: dict[str, dict[str, object]] = {
     "01_lmi_maps.ipynb": {},  # Its defaults are already the small ones.
+    "02_translate.ipynb": {},  # Its defaults (tiny config, 30 training steps, 20 sampling steps) are small.
 }
 
 
