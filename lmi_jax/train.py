@@ -1,0 +1,480 @@
+"""The training mode: data-parallel denoising score matching with LMI conditioning.
+
+Reads top to bottom: the state and optimizer, the pmapped `train_step`, the host input
+pipeline, checkpoints, the sample grid, and `train_and_evaluate(config, workdir)`.
+
+Parallelism: `jax.pmap` over the local devices, the global batch `training.batch_size` split
+evenly over every device of every host, gradients averaged with `lax.pmean`. Several hosts
+join through `jax.distributed.initialize` (`training.num_processes` > 1); each feeds its
+own rows of the global batch.
+
+Determinism: the global batch of step s (slice indices and flips) is drawn from
+(config.seed, s), and each example's noise from (the state's key, s, its row in the global
+batch). So a run does not depend on how many devices or hosts share the batch, and a run
+resumed from a checkpoint (which holds the step, parameters, EMA, optimizer state and key)
+ends with exactly the parameters of an uninterrupted one.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Iterator
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metrics
+from flax import jax_utils
+
+from lmi_jax import lmi, losses, sampling, writers
+from lmi_jax.data import load_dataset
+from lmi_jax.errors import InputError
+from lmi_jax.models import count_params, create_model, init_variables, score_fn
+from lmi_jax.sde import SDE, sde_from_config
+
+AXIS = "batch"  # pmap axis over the devices.
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the training step (hashable: jit/pmap take it as a static argument,
+  so runs with equal settings in one process share their compiled code)."""
+  model: nn.Module
+  sde: SDE
+  lmi_cfg: lmi.LMIConfig
+  scale_by_sigma: bool
+  eps: float
+  p_uncond: float
+  lr: float
+  warmup_steps: int
+  grad_clip: float
+  ema_decay: float
+
+  @property
+  def in_channels(self) -> int:
+    """Network input channels: x_t and the LMI features."""
+    return 1 + len(self.lmi_cfg.features)
+
+
+def step_config(config: ml_collections.ConfigDict) -> StepConfig:
+  """The `StepConfig` of a whole config."""
+  training = config.training
+  return StepConfig(
+      model=create_model(config.model), sde=sde_from_config(config.sde),
+      lmi_cfg=lmi.from_config(config.lmi), scale_by_sigma=bool(config.model.scale_by_sigma),
+      eps=float(training.eps), p_uncond=float(training.p_uncond), lr=float(training.lr),
+      warmup_steps=int(training.warmup_steps), grad_clip=float(training.grad_clip),
+      ema_decay=float(training.ema_decay))
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs; replicated over devices in training.
+
+  step: () int32 steps taken. params, ema_params: the network's parameters and their EMA.
+  opt_state: optax state. key: (2,) uint32 raw key data of the training noise (plain
+  arrays, so checkpoints hold it like any other array).
+  """
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  key: jax.Array
+
+
+TrainMetrics = metrics.Collection.create(
+    loss=metrics.Average.from_output("loss"),
+    grad_norm=metrics.Average.from_output("grad_norm"))
+
+
+# --------------------------------------------------------------------------------------
+# Configuration checks, the optimizer and the initial state
+
+
+def check_training_config(training: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raise InputError naming the first `training.*` key with an unusable value."""
+  def require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+      raise InputError(f"training.{key}={training[key]!r}: {what}.")
+  require(training.batch_size > 0, "batch_size", "use a positive global batch")
+  require(training.batch_size % num_devices == 0, "batch_size",
+          f"the global batch must divide evenly over the {num_devices} devices "
+          f"({jax.process_count()} host(s)); use a multiple of {num_devices}")
+  require(training.num_steps >= 0, "num_steps", "use a count >= 0")
+  require(training.lr > 0, "lr", "use a positive learning rate")
+  require(training.warmup_steps >= 0, "warmup_steps", "use a count >= 0")
+  require(training.grad_clip >= 0, "grad_clip", "use a norm >= 0 (0: no clipping)")
+  require(0.0 <= training.ema_decay < 1.0, "ema_decay", "use a decay in [0, 1)")
+  require(0.0 < training.eps < 1.0, "eps", "use a time in (0, 1)")
+  require(0.0 <= training.p_uncond <= 1.0, "p_uncond", "use a probability in [0, 1]")
+  for key in ("log_every", "checkpoint_every", "max_to_keep", "prefetch", "num_samples"):
+    require(training[key] >= 1, key, "use a count >= 1")
+  for key in ("sample_every", "sample_steps"):
+    require(training[key] >= 0, key, "use a count >= 0")
+
+
+def learning_rate(cfg: StepConfig) -> optax.Schedule:
+  """Linear warm-up over cfg.warmup_steps (step 0 already moves), then constant."""
+  warmup = max(cfg.warmup_steps, 1)
+  return lambda step: cfg.lr * jnp.minimum((step + 1) / warmup, 1.0)
+
+
+def create_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
+  """Adam (the paper's lr, the authors' betas) behind clipping by global norm."""
+  adam = optax.adam(learning_rate(cfg), b1=0.9, b2=0.999, eps=1e-8)
+  if cfg.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam)
+  return adam
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "image_size"))
+def init_params(key: jax.Array, cfg: StepConfig, image_size: int) -> Any:
+  """The network's initial parameters for (B, image_size, image_size, cfg.in_channels) inputs."""
+  return init_variables(cfg.model, key, image_size, cfg.in_channels)["params"]
+
+
+def create_train_state(key: jax.Array, cfg: StepConfig, image_size: int) -> TrainState:
+  """Freshly initialised state; only the parameters' initialisation is compiled, the rest
+  (zeros and copies) is cheaper run eagerly than compiled."""
+  init_key, noise_key = jax.random.split(key)
+  params = init_params(init_key, cfg, image_size)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params),
+                    opt_state=create_optimizer(cfg).init(params),
+                    key=jax.random.key_data(noise_key))
+
+
+# --------------------------------------------------------------------------------------
+# The step
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array],
+               cfg: StepConfig) -> tuple[TrainState, Any]:
+  """One optimisation step on one device's share of the global batch (run under pmap).
+
+  Args:
+    state: the replicated state.
+    batch: "image" (b, H, W, 1) target slices in [0, 1]; "index" (b,) int32 rows of the
+      global batch, which pick each example's noise.
+  Returns:
+    The new state and this step's `TrainMetrics` (the same on every device).
+  """
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+  keys = jax.vmap(functools.partial(jax.random.fold_in, step_key))(batch["index"])
+
+  def loss_fn(params):
+    return losses.dsm_loss(cfg.model, params, cfg.sde, cfg.lmi_cfg, batch["image"], keys,
+                           eps=cfg.eps, p_uncond=cfg.p_uncond,
+                           scale_by_sigma=cfg.scale_by_sigma)
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  # Equal shares per device, so the mean of device means is the global batch mean.
+  grads = jax.lax.pmean(grads, AXIS)
+  updates, opt_state = create_optimizer(cfg).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                            opt_state=opt_state)
+  return new_state, TrainMetrics.gather_from_model_output(
+      axis_name=AXIS, loss=loss, grad_norm=optax.global_norm(grads))
+
+
+p_train_step = jax.pmap(train_step, axis_name=AXIS, static_broadcasted_argnums=(2,),
+                        donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------------------------
+# Host input pipeline
+
+
+def global_batch(seed: int, step: int, num_examples: int, batch_size: int,
+                 hflip: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Rows of the training set (batch_size,) and horizontal flips (batch_size,) bool of a step.
+
+  A function of (seed, step) alone, so every host draws the same global batch and a
+  resumed run draws what the uninterrupted run would have.
+  """
+  rng = np.random.default_rng([seed, step])
+  rows = rng.choice(num_examples, batch_size, replace=num_examples < batch_size)
+  flips = rng.random(batch_size) < 0.5 if hflip else np.zeros(batch_size, bool)
+  return rows, flips
+
+
+def host_batches(images: np.ndarray, seed: int, start_step: int, batch_size: int, hflip: bool,
+                 process_index: int, process_count: int,
+                 local_devices: int) -> Iterator[dict[str, np.ndarray]]:
+  """This host's share of every global batch from start_step on, split per local device.
+
+  Args:
+    images: (N, H, W, 1) float32 training slices.
+  Yields:
+    "image" (local_devices, b, H, W, 1) and "index" (local_devices, b) int32, the rows of
+    the global batch they hold; b = batch_size / (process_count * local_devices).
+  """
+  per_host = batch_size // process_count
+  own = np.arange(process_index * per_host, (process_index + 1) * per_host)
+  step = start_step
+  while True:
+    rows, flips = global_batch(seed, step, len(images), batch_size, hflip)
+    x = images[rows[own]]
+    x = np.where(flips[own, None, None, None], x[:, :, ::-1], x)
+    yield {"image": x.reshape(local_devices, -1, *x.shape[1:]),
+           "index": own.astype(np.int32).reshape(local_devices, -1)}
+    step += 1
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_manager(workdir: str, max_to_keep: int = 1,
+                       create: bool = True) -> ocp.CheckpointManager:
+  """orbax manager of workdir/checkpoints (the folder is made if `create`)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                               options=options)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> None:
+  """Saves an unreplicated state as host arrays, so a checkpoint restores on any device."""
+  host_state = jax.device_get(state)
+  manager.save(int(host_state.step), args=ocp.args.StandardSave(host_state))
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
+  """The latest checkpoint in the structure of `state`, or `state` itself if there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  logging.info("Resuming from the checkpoint of step %d", step)
+  return manager.restore(step, args=ocp.args.StandardRestore(jax.device_get(state)))
+
+
+def restore_ema_params(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
+  """The EMA parameters of the latest checkpoint in workdir, and its step.
+
+  Returns:
+    ({"params": EMA parameters as host arrays}, step): the variables to call the network
+    with, `score_fn(model, variables, ...)`, model = `create_model(config.model)`.
+  """
+  folder = os.path.join(workdir, CHECKPOINT_DIR)
+  manager = checkpoint_manager(workdir, create=False) if os.path.isdir(folder) else None
+  step = manager.latest_step() if manager else None
+  if step is None:
+    raise InputError(f"{folder} holds no checkpoint; train first (--mode=train with this "
+                     "--workdir) or point --workdir at a trained run.")
+  params = manager.restore(step, args=ocp.args.StandardRestore())["ema_params"]
+  check_params_fit(config, params, where=f"{folder}/{step}",
+                   hint="use the config the run was trained with, "
+                        f"{os.path.join(workdir, 'config.json')}")
+  return {"params": params}, step
+
+
+def check_params_fit(config: ml_collections.ConfigDict, params: Any, where: str,
+                     hint: str) -> None:
+  """Raise InputError naming `where` (and ending with `hint`) unless `params` has the tree
+  and shapes of the parameters of the network that `config` describes."""
+  cfg = step_config(config)
+  expected = jax.eval_shape(
+      lambda key: init_variables(cfg.model, key, config.data.image_size, cfg.in_channels),
+      jax.random.key(0))["params"]
+  if (jax.tree.structure(params) != jax.tree.structure(expected) or
+      jax.tree.map(np.shape, params) != jax.tree.map(np.shape, expected)):
+    raise InputError(f"{where} does not fit the network of this config (model.*, "
+                     f"lmi.features or data.image_size differ from training); {hint}.")
+
+
+# --------------------------------------------------------------------------------------
+# Sample grid
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "eps"))
+def sample_grid(params: Any, references: jax.Array, key: jax.Array, cfg: StepConfig,
+                num_steps: int, eps: float) -> jax.Array:
+  """References, samples conditioned on their LMI, and unconditional samples, stacked.
+
+  Args:
+    params: the network's parameters (the EMA).
+    references: (n, H, W, 1) training slices; LMI(F; F, x_t) of each guides its sample.
+    num_steps, eps: reverse-SDE steps and last time (`sampling.em_sampler`).
+  Returns:
+    (3 H, n W) grey image in [0, 1]: rows references / conditional / unconditional.
+  """
+  variables = {"params": params}
+  null = losses.null_features(references.shape[:3] + (len(cfg.lmi_cfg.features),))
+
+  def conditional(x, t):
+    return score_fn(cfg.model, variables, cfg.sde, x, lmi.features(references, x, cfg.lmi_cfg),
+                    t, scale_by_sigma=cfg.scale_by_sigma)
+
+  def unconditional(x, t):
+    return score_fn(cfg.model, variables, cfg.sde, x, null, t,
+                    scale_by_sigma=cfg.scale_by_sigma)
+
+  rows = [references]
+  for fn, k in zip((conditional, unconditional), jax.random.split(key)):
+    rows.append(sampling.em_sampler(fn, cfg.sde, references.shape, k, num_steps, eps=eps)[0])
+  grid = jnp.clip(jnp.stack(rows), 0.0, 1.0)[..., 0]  # (3, n, H, W)
+  num_rows, n, h, w = grid.shape
+  return grid.transpose(0, 2, 1, 3).reshape(num_rows * h, n * w)
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+
+
+def initialize_distributed(training: ml_collections.ConfigDict) -> None:
+  """Joins the hosts of a multi-host run; must run before anything touches a device."""
+  if training.num_processes <= 1:
+    return
+  if not training.coordinator_address:
+    raise InputError(f"training.num_processes={training.num_processes} needs "
+                     "training.coordinator_address (host:port of process 0).")
+  if not 0 <= training.process_id < training.num_processes:
+    raise InputError(f"training.process_id={training.process_id}: give each host its own "
+                     f"index in [0, {training.num_processes}).")
+  jax.distributed.initialize(coordinator_address=training.coordinator_address,
+                             num_processes=training.num_processes,
+                             process_id=training.process_id)
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """config as flat dotted names -> int, float, str or bool (tuples as strings)."""
+  flat = {}
+
+  def walk(prefix: str, node: ml_collections.ConfigDict) -> None:
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(f"{prefix}{key}.", value)
+      else:
+        flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  walk("", config)
+  return flat
+
+
+class Progress:
+  """Averages the step metrics between reports and writes them with the speed and an ETA.
+
+  The clock starts after the first step, whose compilation would distort the speed.
+  """
+
+  def __init__(self, writer: writers.MetricWriter, schedule: optax.Schedule, start_step: int,
+               num_steps: int, batch_size: int):
+    self._writer, self._schedule = writer, schedule
+    self._num_steps, self._batch_size = num_steps, batch_size
+    self._start_step, self._window = start_step, None
+    self._tick, self._tick_step = time.perf_counter(), start_step
+
+  def update(self, step: int, step_metrics: Any) -> None:
+    """Adds the metrics of `step` (unreplicated `TrainMetrics`)."""
+    self._window = step_metrics if self._window is None else self._window.merge(step_metrics)
+    if step == self._start_step + 1:
+      jax.block_until_ready(self._window)
+      logging.info("First step, compilation included: %.1f s", time.perf_counter() - self._tick)
+      self._window, self._tick, self._tick_step = None, time.perf_counter(), step
+
+  def report(self, step: int) -> None:
+    """Writes the averages since the last report, the speed and an ETA."""
+    if self._window is None:
+      return
+    values = {k: float(v) for k, v in self._window.compute().items()}
+    steps_per_sec = (step - self._tick_step) / (time.perf_counter() - self._tick)
+    self._writer.write_scalars(step, {
+        **values, "lr": float(self._schedule(step - 1)), "steps_per_sec": steps_per_sec,
+        "images_per_sec": steps_per_sec * self._batch_size})
+    eta = int((self._num_steps - step) / steps_per_sec)
+    logging.info("Step %d/%d (%.1f%%), ETA %dh%02dm%02ds", step, self._num_steps,
+                 100.0 * step / self._num_steps, eta // 3600, eta // 60 % 60, eta % 60)
+    self._window, self._tick, self._tick_step = None, time.perf_counter(), step
+
+
+def write_samples(writer: writers.MetricWriter, workdir: str, step: int, grid: np.ndarray) -> None:
+  """The sample grid (H, W) in [0, 1] as workdir/samples/step_<step>.png and a TensorBoard image."""
+  folder = os.path.join(workdir, "samples")
+  os.makedirs(folder, exist_ok=True)
+  matplotlib.image.imsave(os.path.join(folder, f"step_{step:07d}.png"), grid, cmap="gray",
+                          vmin=0.0, vmax=1.0)
+  writer.write_images(step, {"samples": grid[None, :, :, None]})
+
+
+def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
+              state: TrainState, images: np.ndarray, manager: ocp.CheckpointManager,
+              writer: writers.MetricWriter) -> TrainState:
+  """Steps from state.step to training.num_steps, with reports, samples and checkpoints.
+
+  Args:
+    state: the state to start from, on host or the default device.
+    images: (N, H, W, 1) training slices.
+  Returns:
+    The final state, unreplicated, as host arrays.
+  """
+  training = config.training
+  start_step = int(state.step)
+  lead_host = jax.process_index() == 0
+  progress = Progress(writer, learning_rate(cfg), start_step, training.num_steps,
+                      training.batch_size)
+  batches = jax_utils.prefetch_to_device(
+      host_batches(images, config.seed, start_step, training.batch_size, training.hflip,
+                   jax.process_index(), jax.process_count(), jax.local_device_count()),
+      training.prefetch, axis_name=AXIS)
+  # Inputs placed under the pmap's own axis name match its outputs' sharding, so the
+  # second step hits the compilation cache instead of compiling again.
+  rstate = jax_utils.replicate(state, axis_name=AXIS)
+  for step in range(start_step + 1, training.num_steps + 1):
+    rstate, step_metrics = p_train_step(rstate, next(batches), cfg)
+    progress.update(step, step_metrics.unreplicate())
+    if step % training.log_every == 0 or step == training.num_steps:
+      progress.report(step)
+    if lead_host and training.sample_every and step % training.sample_every == 0:
+      grid = sample_grid(jax_utils.unreplicate(rstate.ema_params),
+                         jnp.asarray(images[:training.num_samples]),
+                         jax.random.fold_in(jax.random.key(config.seed), step), cfg,
+                         training.sample_steps, config.sampling.eps)
+      write_samples(writer, workdir, step, np.asarray(grid))
+    if step % training.checkpoint_every == 0 or step == training.num_steps:
+      save_checkpoint(manager, jax_utils.unreplicate(rstate))
+  return jax.device_get(jax_utils.unreplicate(rstate))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains the model of `config` into workdir, resuming from its latest checkpoint.
+
+  Writes (the first host only) workdir/config.json, TensorBoard events in workdir and sample
+  grids in workdir/samples; every host takes part in the checkpoints in workdir/checkpoints.
+  Returns:
+    The final state, unreplicated, as host arrays.
+  """
+  training = config.training
+  initialize_distributed(training)
+  check_training_config(training, jax.device_count())
+  lead_host = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if lead_host:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  images = load_dataset(config, workdir)["train"]["target"]
+  if len(images) == 0:
+    raise InputError("the training split is empty; raise data.num_train_subjects.")
+  cfg = step_config(config)
+  state = create_train_state(jax.random.key(config.seed), cfg, config.data.image_size)
+  manager = checkpoint_manager(workdir, training.max_to_keep)
+  state = restore_checkpoint(manager, state)
+  logging.info("Score network %s: %d parameters; %d training slices; %d device(s) on %d host(s)",
+               config.model.name, count_params(state.params), len(images),
+               jax.device_count(), jax.process_count())
+  with contextlib.closing(writers.TensorBoardWriter(workdir if lead_host else None)) as writer:
+    if int(state.step) == 0:
+      writer.write_hparams(flat_hparams(config))
+    state = run_steps(config, workdir, cfg, state, images, manager, writer)
+  manager.close()  # Waits for the last checkpoint's background writes.
+  return state

@@ -1,0 +1,68 @@
+"""lmi_jax command line: train a model, translate a volume, or evaluate a trained run.
+
+  python main.py --config=configs/phantom_pd2t1.py --workdir=runs/pd2t1 --mode=train
+  python main.py --config=configs/phantom_pd2t1.py --workdir=runs/pd2t1 --mode=eval
+  python main.py --config=configs/ixi_pd2t1.py --workdir=runs/ixi --mode=sample --input=PD.nii.gz
+
+Any config key can be overridden, e.g. --config.training.batch_size=8; a misspelt key is an
+error. Bad input (files, folders, config values) ends with a one-line message and status 2.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lmi_jax import train, translate
+from lmi_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder of the run: config, checkpoints, events, outputs.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                  "train: fit the score model; sample: translate --input; eval: test-split report.")
+flags.DEFINE_string("input", None, "Source NIfTI volume to translate (--mode=sample).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def one_line(text: object) -> str:
+  """text with every run of whitespace (newlines included) as one space."""
+  return " ".join(str(text).split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with an unknown --config.* key reported in one line (status 2).
+
+  ml_collections raises AttributeError (wrapping a KeyError) or KeyError for a key the
+  locked config lacks; absl reports every other flag error itself.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:
+    while isinstance(error, Exception) and error.args:
+      error = error.args[0]
+    print(f"error: a --config.* flag names a key the config lacks: {one_line(error)} "
+          "(configs/default.py lists every key).", file=sys.stderr)
+    sys.exit(2)
+
+
+MODES = {
+    "train": train.train_and_evaluate,
+    "sample": lambda config, workdir: translate.sample(config, workdir, FLAGS.input),
+    "eval": translate.evaluate,
+}
+
+
+def run(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  except InputError as error:
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(run, flags_parser=parse_flags)

@@ -1,0 +1,212 @@
+"""Training: the loss falls, data-parallel and multi-host runs match one device, resume is exact.
+
+Every run trains on 4 phantom subjects. The loss test runs the tiny config; the runs compared
+with each other run a smaller network with the same config in this process (where they share
+their compiled step) and in `main.py` subprocesses (2 devices, 2 processes).
+"""
+
+import logging as pylogging
+import os
+import socket
+import struct
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from tensorboardX.proto import event_pb2
+
+from configs import tiny
+from lmi_jax import losses, train, writers
+from lmi_jax.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = {"data.num_train_subjects": 4, "data.num_val_subjects": 0, "data.num_test_subjects": 0,
+        "data.phantom.voxel_mm": 4.0}
+# The runs compared with each other: a network with the fewest parts (it compiles fastest),
+# dropout kept. One source for the config in this process and the subprocesses' flags.
+OVERRIDES = {
+    **DATA, "model.nf": 8, "model.ch_mult": (1,), "model.attn_resolutions": (),
+    "model.resblock_type": "ddpm", "model.fir": False, "model.progressive": "none",
+    "model.progressive_input": "none", "training.num_steps": 3,
+    "training.checkpoint_every": 2, "training.log_every": 1, "training.sample_every": 0,
+}
+
+
+def tiny_config(base=OVERRIDES, **overrides):
+  """The tiny config with `base`, then `overrides` (dotted keys with "__" for ".")."""
+  config = tiny.get_config()
+  for key, value in {**base, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
+    *path, name = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    node[name] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+  """A persistent compilation cache shared by the subprocesses: they compile the same init."""
+  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def main_py(workdir, *flags, env):
+  """`python main.py --mode=train` on the tiny config with OVERRIDES, as a subprocess."""
+  args = [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/tiny.py",
+          f"--workdir={workdir}", "--mode=train"]
+  args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + list(flags)
+  return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, timeout=300):
+  output, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, output[-3000:]
+
+
+def latest_checkpoint(workdir):
+  """The whole latest checkpoint of a run as nested dicts of host arrays."""
+  manager = train.checkpoint_manager(str(workdir), create=False)
+  return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+
+
+def assert_same_state(a, b, atol=1e-5):
+  assert int(a["step"]) == int(b["step"])
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
+def read_scalars(workdir):
+  """{tag: {step: value}} from the TensorBoard event files in workdir (TFRecord framing)."""
+  scalars = {}
+  for name in os.listdir(workdir):
+    if not name.startswith("events.out.tfevents"):
+      continue
+    with open(os.path.join(workdir, name), "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted 3-step run on one device: its workdir and final state."""
+  workdir = tmp_path_factory.mktemp("reference")
+  state = train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir, state
+
+
+def test_loss_falls_and_the_run_writes_its_outputs(tmp_path):
+  config = tiny_config(DATA)
+  train.train_and_evaluate(config, str(tmp_path))
+  loss = read_scalars(tmp_path)["loss"]
+  assert sorted(loss) == [10, 20, 30, 40]
+  # Windows of 9-10 steps x 4 examples; the untrained network's loss is ~ |z|^2 / 2 = 512.
+  assert loss[40] < 0.8 * loss[10], loss
+  scalars = read_scalars(tmp_path)
+  for tag in ("grad_norm", "lr", "steps_per_sec", "images_per_sec"):
+    assert set(scalars[tag]) == {10, 20, 30, 40}
+  assert os.path.exists(tmp_path / "config.json")
+  assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000020.png", "step_0000040.png"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
+
+
+def test_stop_and_restart_resumes_to_the_same_parameters(reference, tmp_path, caplog):
+  train.train_and_evaluate(tiny_config(training__num_steps=2), str(tmp_path))
+  with caplog.at_level(pylogging.INFO, logger="absl"):
+    state = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert "Resuming from the checkpoint of step 2" in caplog.text
+  assert int(state.step) == 3
+  assert_same_state(latest_checkpoint(tmp_path), latest_checkpoint(reference[0]), atol=0.0)
+
+
+def test_restore_ema_params(reference):
+  workdir, state = reference
+  variables, step = train.restore_ema_params(tiny_config(), str(workdir))
+  assert step == 3
+  assert_same_state({"step": 0, **variables}, {"step": 0, "params": state.ema_params}, atol=0.0)
+  with pytest.raises(InputError, match="does not fit"):
+    train.restore_ema_params(tiny_config(model__nf=16), str(workdir))
+
+
+def test_restore_ema_params_without_a_checkpoint(tmp_path):
+  with pytest.raises(InputError, match="holds no checkpoint"):
+    train.restore_ema_params(tiny_config(), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_two_devices_match_one(reference, tmp_path, jax_cache):
+  finish(main_py(tmp_path, env={**jax_cache,
+                                "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+  assert_same_state(latest_checkpoint(tmp_path), latest_checkpoint(reference[0]))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(reference, tmp_path, jax_cache):
+  address = f"127.0.0.1:{_free_port()}"
+  processes = [main_py(tmp_path, "--config.training.num_processes=2",
+                       f"--config.training.process_id={i}",
+                       f"--config.training.coordinator_address={address}", env=jax_cache)
+               for i in range(2)]
+  try:
+    for process in processes:
+      finish(process)
+  finally:  # One process failing leaves the other waiting for it.
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  assert_same_state(latest_checkpoint(tmp_path), latest_checkpoint(reference[0]))
+
+
+def test_host_batches_split_the_global_batch():
+  images = np.random.default_rng(0).random((10, 4, 4, 1), np.float32)
+  whole = next(train.host_batches(images, 0, 5, 4, True, 0, 1, 1))
+  shares = [next(train.host_batches(images, 0, 5, 4, True, p, 2, 2)) for p in range(2)]
+  assert shares[0]["image"].shape == (2, 1, 4, 4, 1)
+  np.testing.assert_array_equal(
+      np.concatenate([s["image"].reshape(-1, 4, 4, 1) for s in shares]), whole["image"][0])
+  np.testing.assert_array_equal(np.concatenate([s["index"].ravel() for s in shares]), np.arange(4))
+  rows, flips = train.global_batch(0, 5, 10, 4, True)
+  for x, row, flip in zip(whole["image"][0], rows, flips):
+    np.testing.assert_array_equal(x, images[row, :, ::-1] if flip else images[row])
+
+
+def test_batch_must_divide_over_the_devices():
+  with pytest.raises(InputError, match="training.batch_size"):
+    train.check_training_config(tiny_config().training, num_devices=3)
+
+
+def test_null_features_replace_only_the_dropped_examples():
+  features = np.random.default_rng(0).random((3, 4, 4, 2), np.float32)
+  out = np.asarray(losses.drop_features(features, np.array([False, True, False])))
+  np.testing.assert_array_equal(out[[0, 2]], features[[0, 2]])
+  np.testing.assert_array_equal(out[1], np.full((4, 4, 2), losses.NULL_VALUE))
+  assert np.asarray(losses.null_features((1, 2, 2, 2))).min() == losses.NULL_VALUE
+
+
+def test_writer_is_a_clu_metric_writer_without_tensorflow(tmp_path):
+  writer = writers.TensorBoardWriter(str(tmp_path))
+  assert isinstance(writer, writers.MetricWriter)
+  writer.write_scalars(3, {"loss": 1.5})
+  writer.write_images(3, {"grid": np.zeros((4, 4, 1))})
+  writer.write_hparams({"lr": 3e-4, "name": "x"})
+  writer.close()
+  assert read_scalars(tmp_path) == {"loss": {3: 1.5}}
+  assert "tensorflow" not in sys.modules
