@@ -118,6 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.guidance_scale = 1.0  # Strength of the LMI guidance in translation.
   sampling.seed = 0  # Sampling noise: key = fold_in(key(config.seed), sampling.seed); change it to redraw.
   sampling.batch_size = 8  # Slices translated per jitted call, split over the local devices.
+  sampling.pretrained = ""  # Shipped model folder used when the workdir has no checkpoint ("": none).
 
   # --- evaluation (lmi_jax/evaluation.py) -------------------------------------
   config.eval = evaluation = ml_collections.ConfigDict()

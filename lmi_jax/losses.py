@@ -23,19 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from lmi_jax import lmi
-from lmi_jax.models import score_fn
+from lmi_jax.models import null_features, score_fn
 from lmi_jax.sde import SDE, bcast
-
-# The null condition: every feature channel is constant -1. Cross and self maps are >= 0
-# (MI, NMI and entropies are non-negative) and the aligned channel is a noisy image, never
-# constant, so no LMI output can be mistaken for it.
-NULL_VALUE = -1.0
-
-
-def null_features(shape: tuple[int, ...]) -> jax.Array:
-  """The features that stand for "no condition": (B, H, W, C) float32, all NULL_VALUE."""
-  return jnp.full(shape, NULL_VALUE, jnp.float32)
-
 
 def drop_features(features: jax.Array, drop: jax.Array) -> jax.Array:
   """Features (B, H, W, C) with those of the examples where drop (B,) bool is set made null."""

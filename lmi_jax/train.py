@@ -38,7 +38,8 @@ from flax import jax_utils
 from lmi_jax import lmi, losses, sampling, writers
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
-from lmi_jax.models import count_params, create_model, init_variables, score_fn
+from lmi_jax.models import (count_params, create_model, init_variables, lmi_score,
+                            unconditional_score)
 from lmi_jax.sde import SDE, sde_from_config
 
 AXIS = "batch"  # pmap axis over the devices.
@@ -259,6 +260,13 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> Tra
   return manager.restore(step, args=ocp.args.StandardRestore(jax.device_get(state)))
 
 
+def latest_step(workdir: str) -> int | None:
+  """Step of the latest checkpoint in workdir, None when it holds none (nothing is created)."""
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return None
+  return checkpoint_manager(workdir, create=False).latest_step()
+
+
 def restore_ema_params(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
   """The EMA parameters of the latest checkpoint in workdir, and its step.
 
@@ -267,11 +275,11 @@ def restore_ema_params(config: ml_collections.ConfigDict, workdir: str) -> tuple
     with, `score_fn(model, variables, ...)`, model = `create_model(config.model)`.
   """
   folder = os.path.join(workdir, CHECKPOINT_DIR)
-  manager = checkpoint_manager(workdir, create=False) if os.path.isdir(folder) else None
-  step = manager.latest_step() if manager else None
+  step = latest_step(workdir)
   if step is None:
     raise InputError(f"{folder} holds no checkpoint; train first (--mode=train with this "
                      "--workdir) or point --workdir at a trained run.")
+  manager = checkpoint_manager(workdir, create=False)
   params = manager.restore(step, args=ocp.args.StandardRestore())["ema_params"]
   check_params_fit(config, params, where=f"{folder}/{step}",
                    hint="use the config the run was trained with, "
@@ -310,16 +318,10 @@ def sample_grid(params: Any, references: jax.Array, key: jax.Array, cfg: StepCon
     (3 H, n W) grey image in [0, 1]: rows references / conditional / unconditional.
   """
   variables = {"params": params}
-  null = losses.null_features(references.shape[:3] + (len(cfg.lmi_cfg.features),))
-
-  def conditional(x, t):
-    return score_fn(cfg.model, variables, cfg.sde, x, lmi.features(references, x, cfg.lmi_cfg),
-                    t, scale_by_sigma=cfg.scale_by_sigma)
-
-  def unconditional(x, t):
-    return score_fn(cfg.model, variables, cfg.sde, x, null, t,
-                    scale_by_sigma=cfg.scale_by_sigma)
-
+  conditional = lmi_score(cfg.model, variables, cfg.sde, cfg.lmi_cfg, references,
+                          scale_by_sigma=cfg.scale_by_sigma)
+  unconditional = unconditional_score(cfg.model, variables, cfg.sde,
+                                      len(cfg.lmi_cfg.features), scale_by_sigma=cfg.scale_by_sigma)
   rows = [references]
   for fn, k in zip((conditional, unconditional), jax.random.split(key)):
     rows.append(sampling.em_sampler(fn, cfg.sde, references.shape, k, num_steps, eps=eps)[0])

@@ -5,9 +5,9 @@ the same shape. They share one signature, `method(context, source, key)`, and on
 `METHODS`; adding a baseline touches that dict and nothing else.
 
 - lmi: the reverse SDE from the prior, the score network fed LMI(G; G, x_t) recomputed
-  from the current sample at every step (the paper's Eq. 3); the reference-only channels
-  of G are computed once. guidance_scale w mixes conditional and unconditional scores,
-  s = s_uncond + w (s_cond - s_uncond); w = 1 is plain conditioning, one network call.
+  from the current sample at every step (the paper's Eq. 3, `models.lmi_score`); the
+  reference-only channels of G are computed once; `sampling.guidance_scale` mixes in the
+  unconditional score.
 - sdedit: the same model without conditioning (null features), started from the source
   perturbed to t0 (Meng et al.).
 - histmatch: the source's histogram matched to the pooled target training histogram.
@@ -27,11 +27,13 @@ from absl import logging
 from flax import linen as nn
 from skimage import exposure
 
-from lmi_jax import evaluation, lmi, losses, sampling, train
+from lmi_jax import evaluation, lmi, pretrained, sampling, train
 from lmi_jax.data import load_dataset, nifti
 from lmi_jax.errors import InputError
-from lmi_jax.models import create_model, score_fn
+from lmi_jax.models import create_model, lmi_score, unconditional_score
 from lmi_jax.sde import SDE, sde_from_config
+
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,52 +45,16 @@ class Context:
   lmi_cfg: lmi.LMIConfig
   config: ml_collections.ConfigDict
   target_reference: np.ndarray  # (M,) pooled target training intensities, for histmatch
-
-
-def guided_score(ctx: Context, source: jax.Array, fixed: dict[str, jax.Array],
-                 guidance_scale: float) -> sampling.ScoreFn:
-  """Score of x_t conditioned on LMI(source; source, x_t), with optional guidance.
-
-  Args:
-    source: (B, H, W, 1) the source slices G.
-    fixed: `lmi.reference_channels(source, ...)`, computed once per source.
-  Returns:
-    score(x (B, H, W, 1), t (B,)) -> (B, H, W, 1).
-  """
-  scale_by_sigma = ctx.config.model.scale_by_sigma
-
-  def network(x, feats, t):
-    return score_fn(ctx.model, ctx.variables, ctx.sde, x, feats, t,
-                    scale_by_sigma=scale_by_sigma)
-
-  def score(x: jax.Array, t: jax.Array) -> jax.Array:
-    feats = lmi.features(source, x, ctx.lmi_cfg, fixed=fixed)
-    conditional = network(x, feats, t)
-    if guidance_scale == 1.0:
-      return conditional
-    unconditional = network(x, losses.null_features(feats.shape), t)
-    return unconditional + guidance_scale * (conditional - unconditional)
-
-  return score
-
-
-def unconditional_score(ctx: Context, num_channels: int) -> sampling.ScoreFn:
-  """Score of x_t with the null conditioning the model was trained with (dropout)."""
-
-  def score(x: jax.Array, t: jax.Array) -> jax.Array:
-    null = losses.null_features(x.shape[:-1] + (num_channels,))
-    return score_fn(ctx.model, ctx.variables, ctx.sde, x, null, t,
-                    scale_by_sigma=ctx.config.model.scale_by_sigma)
-
-  return score
+  step: int = 0  # Training step of the parameters.
 
 
 def lmi_sample(ctx: Context, source: jax.Array, key: jax.Array,
                trajectory_steps: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
   """LMI-guided translation of (B, H, W, 1) sources: the sample and its trajectory."""
   cfg = ctx.config.sampling
-  fixed = lmi.reference_channels(source, ctx.lmi_cfg)
-  score = guided_score(ctx, source, fixed, float(cfg.guidance_scale))
+  score = lmi_score(ctx.model, ctx.variables, ctx.sde, ctx.lmi_cfg, source,
+                    scale_by_sigma=ctx.config.model.scale_by_sigma,
+                    guidance_scale=float(cfg.guidance_scale))
   return sampling.em_sampler(
       score, ctx.sde, source.shape, key, int(cfg.num_steps), eps=float(cfg.eps),
       corrector_steps=int(cfg.corrector_steps), snr=float(cfg.snr),
@@ -101,7 +67,8 @@ def sdedit_sample(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
   t0 = float(cfg.sdedit_t0)
   # Keep the step size of the full sampler over the shorter span [eps, t0].
   steps = max(1, round(int(cfg.num_steps) * t0))
-  score = unconditional_score(ctx, len(ctx.lmi_cfg.features))
+  score = unconditional_score(ctx.model, ctx.variables, ctx.sde, len(ctx.lmi_cfg.features),
+                              scale_by_sigma=ctx.config.model.scale_by_sigma)
   out, _ = sampling.em_sampler(
       score, ctx.sde, source.shape, key, steps, eps=float(cfg.eps),
       corrector_steps=int(cfg.corrector_steps), snr=float(cfg.snr),
@@ -165,10 +132,27 @@ METHODS = {
 }
 
 
+def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
+  """EMA parameters of the latest checkpoint in `workdir`, else of the shipped model.
+
+  The shipped model (`sampling.pretrained`, a path relative to the working directory or
+  to the repository) is used only when the workdir holds no checkpoint of its own.
+  """
+  if train.latest_step(workdir) is not None or not config.sampling.pretrained:
+    return train.restore_ema_params(config, workdir)
+  folder = config.sampling.pretrained
+  if not os.path.isabs(folder) and not os.path.isdir(folder):
+    folder = os.path.join(_REPOSITORY, folder)
+  variables, step = pretrained.load(config, folder)
+  logging.warning("%s holds no checkpoint: using the shipped model %s (training step %d).",
+                  workdir, folder, step)
+  return variables, step
+
+
 def make_context(config: ml_collections.ConfigDict, workdir: str,
                  train_target: np.ndarray) -> Context:
-  """Restores the latest EMA parameters of `workdir` and builds the shared settings."""
-  variables, step = train.restore_ema_params(config, workdir)
+  """Restores the model (`restore_model`) and builds the shared settings."""
+  variables, step = restore_model(config, workdir)
   logging.info("Using EMA parameters of training step %d.", step)
   rng = np.random.default_rng(int(config.seed))
   pooled = train_target.reshape(-1)
@@ -176,7 +160,7 @@ def make_context(config: ml_collections.ConfigDict, workdir: str,
   reference = rng.choice(pooled, size=min(pooled.size, 200_000), replace=False)
   return Context(model=create_model(config.model), variables=variables,
                  sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi),
-                 config=config, target_reference=reference)
+                 config=config, target_reference=reference, step=step)
 
 
 def sampling_key(config: ml_collections.ConfigDict) -> jax.Array:

@@ -19,7 +19,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from configs import tiny
-from lmi_jax import losses, train, writers
+from lmi_jax import losses, models, train, writers
 from lmi_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,8 +197,8 @@ def test_null_features_replace_only_the_dropped_examples():
   features = np.random.default_rng(0).random((3, 4, 4, 2), np.float32)
   out = np.asarray(losses.drop_features(features, np.array([False, True, False])))
   np.testing.assert_array_equal(out[[0, 2]], features[[0, 2]])
-  np.testing.assert_array_equal(out[1], np.full((4, 4, 2), losses.NULL_VALUE))
-  assert np.asarray(losses.null_features((1, 2, 2, 2))).min() == losses.NULL_VALUE
+  np.testing.assert_array_equal(out[1], np.full((4, 4, 2), models.NULL_VALUE))
+  assert np.asarray(models.null_features((1, 2, 2, 2))).min() == models.NULL_VALUE
 
 
 def test_writer_is_a_clu_metric_writer_without_tensorflow(tmp_path):

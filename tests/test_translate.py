@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lmi_jax import losses, translate
+from lmi_jax import models, pretrained, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
@@ -69,15 +69,40 @@ def test_guidance_mixes_conditional_and_unconditional(trained):
   data = load_dataset(config, workdir)
   ctx = translate.make_context(config, workdir, data["train"]["target"])
   source = jnp.asarray(data["test"]["source"][:2])
-  fixed = translate.lmi.reference_channels(source, ctx.lmi_cfg)
   x = source + 0.1 * jax.random.normal(jax.random.PRNGKey(0), source.shape)
   t = jnp.full((2,), 0.3)
-  cond = translate.guided_score(ctx, source, fixed, 1.0)(x, t)
-  uncond = translate.unconditional_score(ctx, len(ctx.lmi_cfg.features))(x, t)
-  mixed = translate.guided_score(ctx, source, fixed, 2.5)(x, t)
+  pieces = (ctx.model, ctx.variables, ctx.sde)
+  cond = models.lmi_score(*pieces, ctx.lmi_cfg, source, scale_by_sigma=True)(x, t)
+  uncond = models.unconditional_score(*pieces, len(ctx.lmi_cfg.features),
+                                      scale_by_sigma=True)(x, t)
+  mixed = models.lmi_score(*pieces, ctx.lmi_cfg, source, scale_by_sigma=True,
+                           guidance_scale=2.5)(x, t)
   np.testing.assert_allclose(np.asarray(mixed), np.asarray(uncond + 2.5 * (cond - uncond)),
                              rtol=1e-4, atol=1e-4)
-  assert losses.null_features((1, 2, 2, 2)).min() == losses.NULL_VALUE
+  assert not np.allclose(np.asarray(cond), np.asarray(uncond))
+
+
+def test_shipped_model_is_used_when_workdir_has_none(trained, tmp_path):
+  config, workdir = trained
+  shipped = str(tmp_path / "shipped")
+  config_file = tmp_path / "config.py"
+  config_file.write_text("from configs import tiny\ndef get_config():\n  return tiny.get_config()\n")
+  meta = pretrained.export(config, str(config_file), workdir, shipped)
+  assert meta["step"] == 4 and os.path.isfile(os.path.join(shipped, "config.py"))
+  config = config.copy_and_resolve_references()
+  empty = str(tmp_path / "empty")
+  with pytest.raises(InputError, match="no checkpoint"):
+    translate.restore_model(config, empty)
+  config.sampling.pretrained = shipped
+  variables, step = translate.restore_model(config, empty)
+  own, _ = translate.restore_model(config, workdir)
+  assert step == 4
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(own)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  wrong = config.copy_and_resolve_references()
+  wrong.model.nf = 8
+  with pytest.raises(InputError, match="does not fit"):
+    pretrained.load(wrong, shipped)
 
 
 def test_histmatch_matches_target_histogram():

@@ -10,7 +10,8 @@ import ml_collections
 
 from lmi_jax.errors import InputError
 from lmi_jax.models.ncsnpp import NCSNpp
-from lmi_jax.models.score import noise_labels, score_fn
+from lmi_jax.models.score import (NULL_VALUE, lmi_score, noise_labels, null_features,
+                                   score_fn, unconditional_score)
 
 MODELS = {"ncsnpp": NCSNpp}
 
@@ -45,5 +46,5 @@ def count_params(variables: dict) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(variables))
 
 
-__all__ = ["MODELS", "NCSNpp", "count_params", "create_model", "init_variables",
-           "noise_labels", "score_fn"]
+__all__ = ["MODELS", "NCSNpp", "NULL_VALUE", "count_params", "create_model", "init_variables",
+           "lmi_score", "noise_labels", "null_features", "score_fn", "unconditional_score"]

@@ -5,11 +5,26 @@ features as given), a noise label derived from t, and with scale_by_sigma its ou
 divided by the marginal std(t), so its regression target -z has unit scale at every t.
 """
 
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmi_jax import lmi
 from lmi_jax.sde import SDE, bcast
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+# The null condition: every feature channel is constant -1. Cross and self maps are >= 0
+# (MI, NMI and entropies are non-negative) and the aligned channel is a noisy image, never
+# constant, so no LMI output can be mistaken for it.
+NULL_VALUE = -1.0
+
+
+def null_features(shape: tuple[int, ...]) -> jax.Array:
+  """The features that stand for "no condition": (B, H, W, C) float32, all NULL_VALUE."""
+  return jnp.full(shape, NULL_VALUE, jnp.float32)
 
 
 def noise_labels(embedding_type: str, sde: SDE, t: jax.Array) -> jax.Array:
@@ -38,3 +53,43 @@ def score_fn(model: nn.Module, variables: dict, sde: SDE, x: jax.Array, features
   if scale_by_sigma:
     out = out / bcast(sde.mean_std(t)[1], out)
   return out
+
+
+def lmi_score(model: nn.Module, variables: dict, sde: SDE, lmi_cfg: lmi.LMIConfig,
+              reference: jax.Array, *, scale_by_sigma: bool, guidance_scale: float = 1.0,
+              fixed: dict[str, jax.Array] | None = None) -> ScoreFn:
+  """score(x, t) conditioned on LMI(reference; reference, x), recomputed from each x.
+
+  guidance_scale w mixes in the unconditional score (null features):
+  s = s_uncond + w (s_cond - s_uncond); w = 1 is plain conditioning, one network call.
+
+  Args:
+    reference: (B, H, W, 1) the image the LMI maps compare x with (the source G).
+    fixed: `lmi.reference_channels(reference, lmi_cfg)`, computed once by the caller.
+  Returns:
+    score(x (B, H, W, 1), t (B,)) -> (B, H, W, 1).
+  """
+  if fixed is None:
+    fixed = lmi.reference_channels(reference, lmi_cfg)
+
+  def score(x: jax.Array, t: jax.Array) -> jax.Array:
+    feats = lmi.features(reference, x, lmi_cfg, fixed=fixed)
+    conditional = score_fn(model, variables, sde, x, feats, t, scale_by_sigma=scale_by_sigma)
+    if guidance_scale == 1.0:
+      return conditional
+    unconditional = score_fn(model, variables, sde, x, null_features(feats.shape), t,
+                             scale_by_sigma=scale_by_sigma)
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+  return score
+
+
+def unconditional_score(model: nn.Module, variables: dict, sde: SDE, num_channels: int, *,
+                        scale_by_sigma: bool) -> ScoreFn:
+  """score(x, t) with the null condition the model learnt through conditioning dropout."""
+
+  def score(x: jax.Array, t: jax.Array) -> jax.Array:
+    null = null_features(x.shape[:-1] + (num_channels,))
+    return score_fn(model, variables, sde, x, null, t, scale_by_sigma=scale_by_sigma)
+
+  return score

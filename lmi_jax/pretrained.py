@@ -1,0 +1,95 @@
+"""Shipped models: EMA parameters exported from a training run into a small folder.
+
+A folder holds `ema_params.msgpack` (Flax msgpack of the parameters), `config.py` (the
+config that trained them, loadable with --config) and `model.json` (step, parameter count,
+where it came from). `--mode=sample` and `--mode=eval` fall back to the folder named by
+`sampling.pretrained` when their workdir holds no checkpoint of its own.
+
+  python -m lmi_jax.pretrained --config=configs/phantom_pd2t1_cpu.py \
+      --workdir=workdir/phantom_cpu --out=checkpoints/phantom_pd2t1
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import serialization
+from ml_collections import config_flags
+
+from lmi_jax import train
+from lmi_jax.errors import InputError
+
+PARAMS_FILE = "ema_params.msgpack"
+CONFIG_FILE = "config.py"
+META_FILE = "model.json"
+
+
+def export(config: ml_collections.ConfigDict, config_path: str, workdir: str,
+           out_dir: str) -> dict:
+  """Writes the latest EMA parameters of `workdir` and their config into `out_dir`.
+
+  The folder is assembled next to its destination and renamed into place, so an
+  interrupted export leaves no half-written model behind. Returns the metadata.
+  """
+  variables, step = train.restore_ema_params(config, workdir)
+  params = jax.tree.map(np.asarray, variables["params"])
+  meta = {"step": int(step), "parameters": int(sum(p.size for p in jax.tree.leaves(params))),
+          "source_workdir": os.path.abspath(workdir), "config": os.path.basename(config_path)}
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=parent, prefix=".export-")
+  try:
+    with open(os.path.join(staging, PARAMS_FILE), "wb") as f:
+      f.write(serialization.msgpack_serialize(params))
+    shutil.copyfile(config_path, os.path.join(staging, CONFIG_FILE))
+    with open(os.path.join(staging, META_FILE), "w") as f:
+      json.dump(meta, f, indent=2)
+    if os.path.isdir(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+  finally:
+    if os.path.isdir(staging):
+      shutil.rmtree(staging)
+  return meta
+
+
+def load(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, int]:
+  """The shipped EMA parameters in `folder` as ({"params": ...}, step).
+
+  Raises InputError when the folder is missing or the parameters do not fit the network
+  of `config` (use the config.py stored beside them).
+  """
+  path = os.path.join(folder, PARAMS_FILE)
+  if not os.path.isfile(path):
+    raise InputError(f"sampling.pretrained = {folder!r}: {path} does not exist; train a model "
+                     "(--mode=train) or point sampling.pretrained at an exported folder.")
+  with open(path, "rb") as f:
+    params = serialization.msgpack_restore(f.read())
+  with open(os.path.join(folder, META_FILE)) as f:
+    step = int(json.load(f)["step"])
+  train.check_params_fit(config, params, where=path,
+                         hint=f"use the config it was trained with, {os.path.join(folder, CONFIG_FILE)}")
+  return {"params": params}, step
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config the run was trained with.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run to export from.")
+_OUT = flags.DEFINE_string("out", None, "Folder to write the shipped model into.")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+  meta = export(_CONFIG.value, config_path, _WORKDIR.value, _OUT.value)
+  print(f"Exported step {meta['step']} ({meta['parameters']} parameters) to {_OUT.value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir", "out"])
+  app.run(main)
