@@ -87,7 +87,10 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   devices = jax.local_device_count()
   per_device = max(1, int(ctx.config.sampling.batch_size) // devices)
   batch = per_device * devices
-  run = jax.pmap(lambda src, k: fn(ctx, src, k))
+  # Parameters go in as a broadcast argument rather than as constants baked into the
+  # compiled program, which would make compilation slow for large models.
+  run = jax.pmap(lambda variables, src, k: fn(dataclasses.replace(ctx, variables=variables), src, k),
+                 in_axes=(None, 0, 0))
   outputs, start_time = [], time.time()
   num_batches = -(-len(source) // batch)
   for b in range(num_batches):
@@ -96,7 +99,8 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
     if valid < batch:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - valid, axis=0)])
     keys = jax.random.split(jax.random.fold_in(key, b), devices)
-    out = run(jnp.asarray(chunk).reshape(devices, per_device, *chunk.shape[1:]), keys)
+    out = run(ctx.variables, jnp.asarray(chunk).reshape(devices, per_device, *chunk.shape[1:]),
+              keys)
     outputs.append(np.asarray(out).reshape(batch, *chunk.shape[1:])[:valid])
     elapsed = time.time() - start_time
     logging.info("%s: batch %d/%d done, %.1f s elapsed, about %.0f s left", fn.__name__,
@@ -104,8 +108,13 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)
 
 
+def lmi_translation(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
+  """`lmi_sample` without the trajectory: (B, H, W, 1) -> (B, H, W, 1)."""
+  return lmi_sample(ctx, source, key)[0]
+
+
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
-  return _per_device(lambda c, s, k: lmi_sample(c, s, k)[0], ctx, source, key)
+  return _per_device(lmi_translation, ctx, source, key)
 
 
 def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
