@@ -77,19 +77,18 @@ def load(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, int]:
   return {"params": params}, step
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config the run was trained with.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run to export from.")
-_OUT = flags.DEFINE_string("out", None, "Folder to write the shipped model into.")
-
-
 def main(argv: list[str]) -> None:
   del argv
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-  meta = export(_CONFIG.value, config_path, _WORKDIR.value, _OUT.value)
-  print(f"Exported step {meta['step']} ({meta['parameters']} parameters) to {_OUT.value}")
+  meta = export(flags.FLAGS.config, config_path, flags.FLAGS.workdir, flags.FLAGS.out)
+  print(f"Exported step {meta['step']} ({meta['parameters']} parameters) to {flags.FLAGS.out}")
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not on import: main.py imports this module and has its own.
+  config_flags.DEFINE_config_file("config", None, "Config the run was trained with.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Training run to export from.")
+  flags.DEFINE_string("out", None, "Folder to write the shipped model into.")
   flags.mark_flags_as_required(["config", "workdir", "out"])
   app.run(main)
