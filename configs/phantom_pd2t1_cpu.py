@@ -34,4 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   training.sample_steps = 50
 
   config.sampling.num_steps = 100
+  config.sampling.batch_size = 25
+  # The model trained with this config ships in the repository (see its model.json);
+  # sample and eval use it when their workdir has no checkpoint of its own.
+  config.sampling.pretrained = "checkpoints/phantom_pd2t1"
   return config
