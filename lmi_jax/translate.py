@@ -85,7 +85,9 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   and cropped.
   """
   devices = jax.local_device_count()
-  per_device = max(1, int(ctx.config.sampling.batch_size) // devices)
+  # No bigger than needed: padding a short input up to a full batch is wasted work.
+  per_device = max(1, min(int(ctx.config.sampling.batch_size), -(-len(source) // devices) * devices)
+                   // devices)
   batch = per_device * devices
   # Parameters go in as a broadcast argument rather than as constants baked into the
   # compiled program, which would make compilation slow for large models.
