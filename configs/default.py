@@ -92,7 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.lr = 3e-4  # Adam learning rate (the paper); betas (0.9, 0.999) as the authors.
   training.warmup_steps = 5000  # Linear learning-rate warm-up from lr / warmup_steps to lr (0: none).
   training.grad_clip = 1.0  # Gradients are clipped to this global norm (the authors: 1.0; 0: off).
-  training.ema_decay = 0.9999  # Decay of the parameters' EMA, the weights sampling uses (the authors: 0.9999).
+  training.ema_decay = 0.9999  # Decay of the parameters' EMA that sampling uses (authors: 0.9999), warmed up as min(decay, (1+step)/(10+step)).
   training.eps = 1e-5  # Smallest diffusion time of the loss: t ~ U(eps, 1).
   training.p_uncond = 0.1  # Conditioning dropout: chance that an example's LMI features become the null (-1).
   training.hflip = True  # Random horizontal flips of the training slices (the authors' blur is left out).

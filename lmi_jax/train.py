@@ -159,6 +159,16 @@ def create_train_state(key: jax.Array, cfg: StepConfig, image_size: int) -> Trai
 # The step
 
 
+def ema_decay(step: jax.Array, decay: float) -> jax.Array:
+  """The EMA decay at a step: min(decay, (1 + step) / (10 + step)).
+
+  Without the warm-up a 0.999 decay still holds 37% of the random initialisation after
+  1000 steps; with it the average forgets the first steps as fast as training leaves them.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array],
                cfg: StepConfig) -> tuple[TrainState, Any]:
   """One optimisation step on one device's share of the global batch (run under pmap).
@@ -182,7 +192,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   grads = jax.lax.pmean(grads, AXIS)
   updates, opt_state = create_optimizer(cfg).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
+  ema_params = optax.incremental_update(params, state.ema_params,
+                                        1.0 - ema_decay(state.step, cfg.ema_decay))
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                             opt_state=opt_state)
   return new_state, TrainMetrics.gather_from_model_output(

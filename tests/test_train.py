@@ -210,3 +210,9 @@ def test_writer_is_a_clu_metric_writer_without_tensorflow(tmp_path):
   writer.close()
   assert read_scalars(tmp_path) == {"loss": {3: 1.5}}
   assert "tensorflow" not in sys.modules
+
+
+def test_ema_decay_warms_up_to_the_configured_value():
+  assert float(train.ema_decay(0, 0.999)) == pytest.approx(0.1)
+  assert float(train.ema_decay(90, 0.999)) == pytest.approx(0.91)
+  assert float(train.ema_decay(10**6, 0.999)) == pytest.approx(0.999)
