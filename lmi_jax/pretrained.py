@@ -39,7 +39,7 @@ def export(config: ml_collections.ConfigDict, config_path: str, workdir: str,
   variables, step = train.restore_ema_params(config, workdir)
   params = jax.tree.map(np.asarray, variables["params"])
   meta = {"step": int(step), "parameters": int(sum(p.size for p in jax.tree.leaves(params))),
-          "source_workdir": os.path.abspath(workdir), "config": os.path.basename(config_path)}
+          "source_workdir": os.path.relpath(workdir), "config": os.path.basename(config_path)}
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(dir=parent, prefix=".export-")
