@@ -401,7 +401,7 @@ def evaluate_methods(
   }
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
   """Writes `data` to a temporary file beside `path`, then renames it into place."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -414,21 +414,21 @@ def _atomic_write(path: str, data: bytes) -> None:
     raise
 
 
-def _prepare_dir(directory: str) -> None:
+def prepare_dir(directory: str) -> None:
   """Creates `directory`, or explains why it cannot be used."""
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise InputError(f"{directory}: exists and is not a folder; choose another output folder.")
   os.makedirs(directory, exist_ok=True)
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: object) -> object:
   """Replaces NaN and inf (not JSON) by None, recursively."""
   if isinstance(value, float) and not math.isfinite(value):
     return None
   if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
+    return {k: json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   return value
 
 
@@ -437,7 +437,7 @@ def _reported_metrics(report: dict) -> list[str]:
   return [m for m in METRICS if any(m in entry for entry in report["methods"].values())]
 
 
-def _format(summary: dict[str, float] | None, decimals: int) -> str:
+def format_summary(summary: dict[str, float] | None, decimals: int) -> str:
   """{"mean", "std"} -> "m ± s"; a missing or undefined summary -> "n/a"; an infinite mean -> "inf"."""
   if summary is None or math.isnan(summary["mean"]):
     return "n/a"
@@ -454,7 +454,7 @@ def report_markdown(report: dict) -> str:
       "| --- |" + " --- |" * len(names),
   ]
   for metric in _reported_metrics(report):
-    cells = [_format(report["methods"][n].get(metric), METRIC_DECIMALS[metric]) for n in names]
+    cells = [format_summary(report["methods"][n].get(metric), METRIC_DECIMALS[metric]) for n in names]
     lines.append(f"| {METRIC_TITLES[metric]} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + f"\n\n{report['n_slices']} slices; mean ± std across slices.\n"
 
@@ -483,16 +483,16 @@ def write_report(report: dict, out_dir: str) -> dict[str, str]:
   Returns:
     {"json": path, "md": path, "csv": path}.
   """
-  _prepare_dir(out_dir)
+  prepare_dir(out_dir)
   texts = {
-      "json": json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n",
+      "json": json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n",
       "md": report_markdown(report),
       "csv": report_csv(report),
   }
   paths = {}
   for ext, text in texts.items():
     paths[ext] = os.path.join(out_dir, f"report.{ext}")
-    _atomic_write(paths[ext], text.encode("utf-8"))
+    atomic_write(paths[ext], text.encode("utf-8"))
   return paths
 
 
@@ -551,8 +551,8 @@ def plot_comparison(
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png")
-  _prepare_dir(os.path.dirname(os.path.abspath(path)))
-  _atomic_write(path, buffer.getvalue())
+  prepare_dir(os.path.dirname(os.path.abspath(path)))
+  atomic_write(path, buffer.getvalue())
 
 
 def plot_rows(rows: Mapping[str, np.ndarray], path: str, max_columns: int = 8) -> None:
@@ -578,13 +578,13 @@ def plot_rows(rows: Mapping[str, np.ndarray], path: str, max_columns: int = 8) -
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png")
-  _prepare_dir(os.path.dirname(os.path.abspath(path)))
-  _atomic_write(path, buffer.getvalue())
+  prepare_dir(os.path.dirname(os.path.abspath(path)))
+  atomic_write(path, buffer.getvalue())
 
 
 def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
   """np.savez_compressed into `path` through a temporary file, so no partial file remains."""
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)
-  _prepare_dir(os.path.dirname(os.path.abspath(path)))
-  _atomic_write(path, buffer.getvalue())
+  prepare_dir(os.path.dirname(os.path.abspath(path)))
+  atomic_write(path, buffer.getvalue())

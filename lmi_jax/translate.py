@@ -186,7 +186,8 @@ def _check_methods(names) -> tuple[str, ...]:
   return tuple(names)
 
 
-def _split(data: dict, name: str, max_slices: int) -> dict[str, np.ndarray]:
+def select_split(data: dict, name: str, max_slices: int) -> dict[str, np.ndarray]:
+  """The arrays of split `name` of `load_dataset`'s result, cut to max_slices (0: all)."""
   if name not in data:
     raise InputError(f"eval.split = {name!r}: the dataset has splits {sorted(data)}.")
   split = data[name]
@@ -214,7 +215,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | No
     nifti.write_translation(translated[..., 0], geometry, out_path)
     logging.info("Wrote %s (%d slices).", out_path, len(translated))
     return out_path
-  split = _split(data, config.eval.split, int(config.eval.max_slices))
+  split = select_split(data, config.eval.split, int(config.eval.max_slices))
   translated = translate_lmi(ctx, split["source"], key)
   base = os.path.join(out_dir, config.eval.split)
   evaluation.save_npz_atomic(base + ".npz", source=split["source"], translation=translated,
@@ -225,6 +226,42 @@ def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | No
   return base + ".npz"
 
 
+def fit_segmenter(config: ml_collections.ConfigDict,
+                  train_target: np.ndarray) -> evaluation.KMeansSegmenter:
+  """K-means of the `eval` section, fitted on (N, H, W, 1) target training slices only."""
+  return evaluation.fit_kmeans(
+      train_target, int(config.eval.kmeans_clusters), int(config.seed),
+      background_threshold=float(config.eval.background_threshold),
+      max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
+
+
+def run_methods(ctx: Context, methods: tuple[str, ...],
+                source: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """Each method's translation of (N, H, W, 1) sources, and its wall time in seconds.
+
+  Method i draws its noise from fold_in(sampling_key, i), as `--mode=eval` always has.
+  """
+  key = sampling_key(ctx.config)
+  outputs, seconds = {}, {}
+  for index, name in enumerate(methods):
+    start = time.time()
+    outputs[name] = METHODS[name](ctx, source, jax.random.fold_in(key, index))
+    seconds[name] = time.time() - start
+    logging.info("%s: %d slices in %.1f s", name, len(source), seconds[name])
+  return outputs, seconds
+
+
+def score_split(config: ml_collections.ConfigDict, outputs: dict[str, np.ndarray],
+                split: dict[str, np.ndarray], segmenter: evaluation.KMeansSegmenter) -> dict:
+  """`evaluation.evaluate_methods` on a split, with ground-truth Dice where labels fit."""
+  labels = split.get("labels")
+  if labels is not None and labels.max() != int(config.eval.kmeans_clusters):
+    labels = None  # Ground-truth classes only compare with K-means when the counts match.
+  report = evaluation.evaluate_methods(outputs, split["target"], segmenter, labels=labels)
+  report["split"] = config.eval.split
+  return report
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`--mode=eval`: every method of `eval.methods` on `eval.split`, against the target.
 
@@ -233,28 +270,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   methods = _check_methods(config.eval.methods)
   data = load_dataset(config, workdir)
-  split = _split(data, config.eval.split, int(config.eval.max_slices))
+  split = select_split(data, config.eval.split, int(config.eval.max_slices))
   train_target = data["train"]["target"]
-  segmenter = evaluation.fit_kmeans(
-      train_target, int(config.eval.kmeans_clusters), int(config.seed),
-      background_threshold=float(config.eval.background_threshold),
-      max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
+  segmenter = fit_segmenter(config, train_target)
   needs_model = any(m in ("lmi", "sdedit") for m in methods)
   ctx = make_context(config, workdir, train_target) if needs_model else Context(
       model=None, variables={}, sde=sde_from_config(config.sde),
       lmi_cfg=lmi.from_config(config.lmi), config=config,
       target_reference=train_target.reshape(-1))
-  key = sampling_key(config)
-  outputs = {}
-  for index, name in enumerate(methods):
-    start = time.time()
-    outputs[name] = METHODS[name](ctx, split["source"], jax.random.fold_in(key, index))
-    logging.info("%s: %d slices in %.1f s", name, len(split["source"]), time.time() - start)
-  labels = split.get("labels")
-  if labels is not None and labels.max() != int(config.eval.kmeans_clusters):
-    labels = None  # Ground-truth classes only compare with K-means when the counts match.
-  report = evaluation.evaluate_methods(outputs, split["target"], segmenter, labels=labels)
-  report["split"] = config.eval.split
+  outputs, _ = run_methods(ctx, methods, split["source"])
+  report = score_split(config, outputs, split, segmenter)
   out_dir = os.path.join(workdir, "eval")
   evaluation.write_report(report, out_dir)
   evaluation.plot_comparison(split["target"], split["source"], outputs, segmenter,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lmi_jax import models, pretrained, translate
+from lmi_jax import ablation, models, pretrained, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
@@ -120,3 +120,41 @@ def test_histmatch_matches_target_histogram():
 def test_unknown_method_is_named():
   with pytest.raises(InputError, match="eval.methods"):
     translate._check_methods(["lmi", "cyclegan"])
+
+
+def test_ablation_baseline_row_is_the_eval_report(trained):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.split = "val"
+  config.eval.max_slices = 2
+  config.eval.methods = ("lmi", "identity")
+  grid = [ablation.parse_vary("sampling.num_steps=4,2", config)]
+  assert grid == [("sampling.num_steps", [4, 2])]
+  rows = ablation.ablate(config, workdir, grid)
+  assert [(r["setting"], r["method"]) for r in rows] == [
+      ("baseline", "lmi"), ("baseline", "identity"),
+      ("sampling.num_steps=2", "lmi"), ("sampling.num_steps=2", "identity")]
+  report = translate.evaluate(config, workdir)
+  for row in rows[:2]:
+    for metric in ("dice", "psnr", "ssim"):
+      assert row["metrics"][metric] == pytest.approx(report["methods"][row["method"]][metric])
+  # Fewer steps change the lmi translation and nothing else.
+  assert rows[2]["metrics"]["psnr"] != pytest.approx(rows[0]["metrics"]["psnr"])
+  assert rows[3]["metrics"] == rows[1]["metrics"]
+  with open(os.path.join(workdir, "ablation", "ablation.md")) as f:
+    table = f.read()
+  assert "sampling.num_steps=2" in table and "2 slices of the val split" in table
+
+
+@pytest.mark.parametrize("vary,split,message", [
+    ("lmi.patch_size=3,5", "val", "only keys of config.sampling"),
+    ("sampling.num_steps=ten", "val", "is not of type int"),
+    ("sampling.num_steps", "val", "expected sampling.<key>="),
+    ("sampling.num_steps=2", "test", "validation split"),
+])
+def test_ablation_refuses_what_it_cannot_compare(trained, vary, split, message):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.split = split
+  with pytest.raises(InputError, match=message):
+    ablation.ablate(config, workdir, [ablation.parse_vary(vary, config)])

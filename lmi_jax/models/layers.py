@@ -6,6 +6,7 @@ output layer) starts at that scale of a fan-avg uniform init; 0 makes it zero, s
 block starts as the identity and the untrained network outputs 0.
 """
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -18,35 +19,146 @@ def variance_scaling(scale: float) -> nn.initializers.Initializer:
   return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
+def _kernel_grad(x: jax.Array, g: jax.Array, window: tuple[int, int],
+                 strides: tuple[int, int], pads: Sequence[tuple[int, int]]) -> jax.Array:
+  """Gradient of a convolution's loss w.r.t. its kernel: x (B, H, W, Ci), output cotangent
+  g (B, Ho, Wo, Co) -> (kh, kw, Ci, Co).
+
+  One image at a time (lax.scan), one matrix product per kernel tap: XLA CPU's own
+  kernel-gradient convolution ran at 25-40 GFLOP/s against 300 for the forward one, and
+  was most of a training step; this form is 1.5-3x faster and keeps each image in cache.
+  Under vmap (the loss maps the network over examples) the mapped axis is scanned too:
+  batching the body instead made every tap's slice a slow strided copy.
+  """
+  (kh, kw), (sh, sw) = window, strides
+  _, ho, wo, co = g.shape
+  ci = x.shape[-1]
+
+  def add_image(acc, image):
+    xi, gi = image
+    gi = gi.reshape(-1, co)
+    taps = [jax.lax.slice(xi, (i, j, 0), (i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
+                          (sh, sw, 1)).reshape(-1, ci).T @ gi
+            for i in range(kh) for j in range(kw)]
+    return acc + jnp.stack(taps).reshape(kh, kw, ci, co), None
+
+  @jax.custom_batching.custom_vmap
+  def per_batch(x, g):
+    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    return jax.lax.scan(add_image, jnp.zeros((kh, kw, ci, co), g.dtype), (xp, g))[0]
+
+  @per_batch.def_vmap
+  def _(axis_size, in_batched, x, g):
+    x, g = (v if batched else jnp.broadcast_to(v, (axis_size, *v.shape))
+            for v, batched in zip((x, g), in_batched))
+    return jax.lax.map(lambda xg: per_batch(*xg), (x, g)), True
+
+  return per_batch(x, g)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
+            pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """x (B, H, W, Ci), w (kh, kw, Ci, Co) -> (B, Ho, Wo, Co), explicit padding."""
+  return jax.lax.conv_general_dilated(x, w, strides, pads,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv2d_fwd(x, w, strides, pads):
+  return _conv2d(x, w, strides, pads), (x, w)
+
+
+def _conv2d_bwd(strides, pads, residuals, g):
+  x, w = residuals
+  _, input_grad = jax.vjp(lambda v: _conv2d.fun(v, w, strides, pads), x)
+  return input_grad(g)[0], _kernel_grad(x, g, w.shape[:2], strides, pads)
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: str | Sequence[tuple[int, int]], lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                         precision=None) -> jax.Array:
+  """`lax.conv_general_dilated` for nn.Conv's NHWC/HWIO 2-D case, with a faster kernel
+  gradient on CPU (`_kernel_grad`); dilated or grouped convolutions are not used here."""
+  del dimension_numbers, precision  # nn.Conv passes NHWC/HWIO and the default precision.
+  if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or feature_group_count != 1:
+    raise NotImplementedError("dilated or grouped convolution")
+  strides = tuple(window_strides)
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  return _conv2d(lhs, rhs, strides, tuple(tuple(p) for p in padding))
+
+
 def conv(features: int, kernel: int = 3, stride: int = 1, init_scale: float = 1.0,
          padding: str = "SAME") -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding,
-                 kernel_init=variance_scaling(init_scale))
+                 kernel_init=variance_scaling(init_scale),
+                 conv_general_dilated=conv_general_dilated)
 
 
 def dense(features: int, init_scale: float = 1.0) -> nn.Dense:
   return nn.Dense(features, kernel_init=variance_scaling(init_scale))
 
 
+class GroupNorm(nn.Module):
+  """Group normalisation of NHWC activations with a per-channel scale and bias.
+
+  Same parameters and result as nn.GroupNorm (it is named alike so checkpoints carry over),
+  computed from per-channel sums over the pixels: XLA CPU reduces over H, W with C
+  contiguous about twice as fast as over the (pixels, channels-in-group) axes nn.GroupNorm
+  reduces, forward and backward.
+  """
+
+  num_groups: int
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H, W, C); C divisible by num_groups."""
+    b, hgt, wid, c = x.shape
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    per_group = c // self.num_groups
+    count = hgt * wid * per_group
+    mean = jnp.sum(x, axis=(1, 2)).reshape(b, self.num_groups, per_group).sum(-1) / count
+    mean_sq = jnp.sum(jnp.square(x), axis=(1, 2)).reshape(b, self.num_groups, per_group).sum(-1) / count
+    inv_std = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+    gain = jnp.repeat(inv_std, per_group, axis=1) * scale
+    shift = bias - jnp.repeat(mean, per_group, axis=1) * gain
+    return x * gain[:, None, None, :] + shift[:, None, None, :]
+
+
 def group_norm(x: jax.Array) -> jax.Array:
   """GroupNorm with min(C // 4, 32) groups, as in NCSN++; x (B, H, W, C)."""
-  return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-6)(x)
+  return GroupNorm(num_groups=min(x.shape[-1] // 4, 32))(x)
 
 
-def _fir_2d(taps: Sequence[int], gain: float) -> np.ndarray:
-  """Separable 2-D FIR kernel (K, K) from 1-D taps, summing to `gain`."""
-  k = np.outer(taps, taps).astype(np.float32)
-  return k * (gain / k.sum())
+def _fir_1d(taps: Sequence[int], gain: float) -> np.ndarray:
+  """1-D factor (K,) of the separable FIR kernel: its outer square sums to `gain`."""
+  k = np.asarray(taps, np.float32)
+  return k * (np.sqrt(gain) / k.sum())
 
 
-def _depthwise(x: jax.Array, k: np.ndarray, stride: int, dilation: int,
-               pad: tuple[int, int]) -> jax.Array:
-  """Filters every channel of x (B, H, W, C) with the same 2-D kernel k (true convolution)."""
-  c = x.shape[-1]
-  w = jnp.tile(jnp.asarray(k[::-1, ::-1])[:, :, None, None], (1, 1, 1, c))
-  return jax.lax.conv_general_dilated(
-      x, w.astype(x.dtype), (stride, stride), (pad, pad), lhs_dilation=(dilation, dilation),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+def _fir(x: jax.Array, taps: Sequence[int], gain: float, stride: int, dilation: int,
+         pad: tuple[int, int]) -> jax.Array:
+  """Filters every channel of x (B, H, W, C) with the separable kernel of `taps` (a true
+  convolution), after stuffing dilation - 1 zeros between samples and padding by `pad`.
+
+  Written as shifted slices along H then W, which XLA fuses into elementwise loops: a
+  grouped convolution on XLA CPU took as long as the rest of the network together.
+  """
+  k = _fir_1d(taps, gain)[::-1]
+  for axis in (1, 2):
+    config = [(0, 0, 0)] * x.ndim
+    config[axis] = (pad[0], pad[1], dilation - 1)
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+    n_out = (xp.shape[axis] - len(k)) // stride + 1
+    x = sum(float(k[j]) * jax.lax.slice_in_dim(xp, j, j + (n_out - 1) * stride + 1, stride, axis)
+            for j in range(len(k)))
+  return x
 
 
 def upsample(x: jax.Array, fir: bool, taps: Sequence[int]) -> jax.Array:
@@ -56,7 +168,7 @@ def upsample(x: jax.Array, fir: bool, taps: Sequence[int]) -> jax.Array:
   p = len(taps) - 2
   # lhs_dilation stuffs zeros only between samples; the extra 1 on the right stands for the
   # trailing zero of a factor-2 upsampling, so the output is exactly 2H.
-  return _depthwise(x, _fir_2d(taps, 4.0), 1, 2, ((p + 1) // 2 + 1, p // 2 + 1))
+  return _fir(x, taps, 4.0, 1, 2, ((p + 1) // 2 + 1, p // 2 + 1))
 
 
 def downsample(x: jax.Array, fir: bool, taps: Sequence[int]) -> jax.Array:
@@ -64,7 +176,7 @@ def downsample(x: jax.Array, fir: bool, taps: Sequence[int]) -> jax.Array:
   if not fir:
     return nn.avg_pool(x, (2, 2), (2, 2))
   p = len(taps) - 2
-  return _depthwise(x, _fir_2d(taps, 1.0), 2, 1, ((p + 1) // 2, p // 2))
+  return _fir(x, taps, 1.0, 2, 1, ((p + 1) // 2, p // 2))
 
 
 class Upsample(nn.Module):
@@ -102,7 +214,7 @@ class Downsample(nn.Module):
       return conv(out_ch, stride=2)(x)
     # Low-pass at full resolution (padded for the 3x3 conv), then the strided conv samples it.
     p = len(self.fir_kernel)
-    h = _depthwise(x, _fir_2d(self.fir_kernel, 1.0), 1, 1, ((p + 1) // 2, p // 2))
+    h = _fir(x, self.fir_kernel, 1.0, 1, 1, ((p + 1) // 2, p // 2))
     return conv(out_ch, stride=2, padding="VALID")(h)
 
 

@@ -1,0 +1,93 @@
+"""The CPU-fast layers of lmi_jax.models.layers against XLA's and Flax's own operations."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmi_jax.models import layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def grouped_fir(x, taps, gain, stride, dilation, pad):
+  """The FIR filter as one depthwise (grouped) convolution: the textbook form."""
+  k = np.outer(taps, taps).astype(np.float32)
+  k = (k * gain / k.sum())[::-1, ::-1]
+  c = x.shape[-1]
+  w = jnp.tile(jnp.asarray(k)[:, :, None, None], (1, 1, 1, c))
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), (pad, pad),
+                                      lhs_dilation=(dilation, dilation),
+                                      dimension_numbers=DN, feature_group_count=c)
+
+
+@pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 1)])
+def test_fir_resampling_matches_grouped_convolution(taps):
+  x = jax.random.normal(jax.random.key(0), (2, 12, 10, 3))
+  p = len(taps) - 2
+  np.testing.assert_allclose(layers.upsample(x, True, taps),
+                             grouped_fir(x, taps, 4.0, 1, 2, ((p + 1) // 2 + 1, p // 2 + 1)),
+                             atol=1e-5)
+  np.testing.assert_allclose(layers.downsample(x, True, taps),
+                             grouped_fir(x, taps, 1.0, 2, 1, ((p + 1) // 2, p // 2)), atol=1e-5)
+  assert layers.upsample(x, True, taps).shape == (2, 24, 20, 3)
+  assert layers.downsample(x, True, taps).shape == (2, 6, 5, 3)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((2, 9, 8, 5), 3, 1, "SAME"),
+    ((2, 9, 8, 5), 3, 2, "SAME"),
+    ((2, 9, 9, 5), 3, 2, "VALID"),
+    ((2, 8, 8, 5), 1, 1, "SAME"),
+    ((1, 8, 7, 5), 3, 2, ((2, 1), (0, 1))),
+])
+def test_conv_value_and_gradients_match_lax(shape, kernel, stride, padding):
+  kx, kw, kg = jax.random.split(jax.random.key(1), 3)
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kw, (kernel, kernel, shape[-1], 7))
+
+  def ref(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
+
+  def ours(x, w):
+    return layers.conv_general_dilated(x, w, (stride, stride), padding)
+
+  y, ref_vjp = jax.vjp(ref, x, w)
+  y_ours, our_vjp = jax.vjp(ours, x, w)
+  np.testing.assert_allclose(y_ours, y, atol=1e-5)
+  g = jax.random.normal(kg, y.shape)
+  for ours_grad, ref_grad in zip(our_vjp(g), ref_vjp(g)):
+    np.testing.assert_allclose(ours_grad, ref_grad, atol=2e-5, rtol=1e-5)
+
+
+def test_kernel_gradient_under_vmap_sums_the_examples():
+  """The training loss maps the network over examples; the kernel gradient must still be
+  the sum of the per-example gradients."""
+  kx, kw = jax.random.split(jax.random.key(2))
+  x = jax.random.normal(kx, (3, 8, 8, 4))
+  w = jax.random.normal(kw, (3, 3, 4, 6))
+
+  def loss(conv, w):
+    per_example = jax.vmap(lambda xi: jnp.sum(jnp.sin(conv(xi[None], w))))(x)
+    return jnp.sum(per_example)
+
+  ours = jax.grad(lambda w: loss(lambda a, b: layers.conv_general_dilated(a, b, (1, 1), "SAME"), w))(w)
+  ref = jax.grad(lambda w: loss(lambda a, b: jax.lax.conv_general_dilated(
+      a, b, (1, 1), "SAME", dimension_numbers=DN), w))(w)
+  np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_group_norm_matches_flax():
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(3), (2, 6, 5, 16))
+  ref = nn.GroupNorm(num_groups=4, epsilon=1e-6)
+  variables = ref.init(jax.random.key(0), x)
+  variables = jax.tree_util.tree_map(
+      lambda v: v + jax.random.normal(jax.random.key(4), v.shape), variables)
+  ours = layers.GroupNorm(num_groups=4)
+  assert jax.tree_util.tree_structure(ours.init(jax.random.key(0), x)) == \
+      jax.tree_util.tree_structure(variables)
+  np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=1e-4)
+  grads = [jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x))))(variables) for m in (ours, ref)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4),
+                         *grads)
