@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import train, translate
+from lmi_jax import evaluation, host, train, translate
 from lmi_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -50,13 +50,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 MODES = {
     "train": train.train_and_evaluate,
     "sample": lambda config, workdir: translate.sample(config, workdir, FLAGS.input),
-    "eval": translate.evaluate,
+    # The table goes to stdout as well as to WORKDIR/eval/report.md.
+    "eval": lambda config, workdir: print(evaluation.report_markdown(
+        translate.evaluate(config, workdir))),
 }
 
 
 def run(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  host.split_host(int(FLAGS.config.host_devices))
   try:
     MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
   except InputError as error:

@@ -7,6 +7,11 @@ Each reverse-SDE step costs one LMI(G; x_t) map and one network call. Both are t
 alone (median of a few jitted calls), and a short `lax.scan` run of the real sampler checks
 that their sum predicts a step. Seconds per slice for 1000 steps are extrapolated from the
 measured per-step cost: running 1000 steps on a CPU would take hours.
+
+The scan runs the batch split over the local devices, as `--mode=sample` does. On a CPU,
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/sample_bench.py --batches 2 8
+makes two XLA devices of the host, which run two slices side by side; LMI and network
+columns stay single-device timings of the whole batch.
 """
 
 import argparse
@@ -64,8 +69,8 @@ def main() -> None:
         f"{jax.__version__} ({jax.devices()[0].platform}); {args.config}: "
         f"{count_params(variables) / 1e6:.2f}M parameters, LMI k={lmi_cfg.patch_size} "
         f"r={lmi_cfg.radius} bins={lmi_cfg.num_bins}\n")
-  print("| size | batch | LMI s/step | network s/step | scan s/step | s/slice, 1000 steps |")
-  print("| --- | --- | --- | --- | --- | --- |")
+  print("| size | batch | devices | LMI s/step | network s/step | scan s/step | s/slice, 1000 steps |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
   for batch in args.batches:
     rng = np.random.default_rng(0)
     source = jnp.asarray(rng.random((batch, args.size, args.size, 1)), jnp.float32)
@@ -82,10 +87,14 @@ def main() -> None:
       score = lmi_score(model, v, sde, lmi_cfg, s, scale_by_sigma=scale)
       return sampling.em_sampler(score, sde, s.shape, key, args.scan_steps, denoise=False)[0]
 
-    scan_s = median_seconds(jax.jit(run), variables, source, jax.random.PRNGKey(1),
-                            repeats=1) / args.scan_steps
-    print(f"| {args.size}x{args.size} | {batch} | {lmi_s:.3f} | {net_s:.3f} | {scan_s:.3f} "
-          f"| {1000 * scan_s / batch:.0f} |", flush=True)
+    # As `--mode=sample` does: the batch split over the local devices by pmap.
+    devices = jax.local_device_count() if batch % jax.local_device_count() == 0 else 1
+    sharded = source.reshape(devices, batch // devices, *source.shape[1:])
+    keys = jax.random.split(jax.random.PRNGKey(1), devices)
+    scan_s = median_seconds(jax.pmap(run, in_axes=(None, 0, 0), devices=jax.local_devices()[:devices]),
+                            variables, sharded, keys, repeats=1) / args.scan_steps
+    print(f"| {args.size}x{args.size} | {batch} | {devices} | {lmi_s:.3f} | {net_s:.3f} "
+          f"| {scan_s:.3f} | {1000 * scan_s / batch:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

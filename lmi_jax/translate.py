@@ -85,16 +85,17 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   and cropped.
   """
   devices = jax.local_device_count()
-  # No bigger than needed: padding a short input up to a full batch is wasted work.
-  per_device = max(1, min(int(ctx.config.sampling.batch_size), -(-len(source) // devices) * devices)
-                   // devices)
+  # As few batches as `sampling.batch_size` allows, of equal size: padding a short last
+  # batch up to a full one is wasted work (30 slices at batch size 25 run as 2 x 15).
+  num_batches = -(-len(source) // max(1, int(ctx.config.sampling.batch_size)))
+  per_device = -(-len(source) // (num_batches * devices))
   batch = per_device * devices
   # Parameters go in as a broadcast argument rather than as constants baked into the
   # compiled program, which would make compilation slow for large models.
   run = jax.pmap(lambda variables, src, k: fn(dataclasses.replace(ctx, variables=variables), src, k),
                  in_axes=(None, 0, 0))
   outputs, start_time = [], time.time()
-  num_batches = -(-len(source) // batch)
+  num_batches = -(-len(source) // batch)  # Rounding per_device up may leave fewer.
   for b in range(num_batches):
     chunk = source[b * batch:(b + 1) * batch]
     valid = len(chunk)
