@@ -4,7 +4,7 @@
   python bench/train_bench.py --sizes 64 --batches 4 --steps 2
 
 Each row is the full pmapped training step of `lmi_jax.train` (LMI features of every
-example, forward, backward, Adam, EMA) for the network of configs/default.py on all local
+example, forward, backward, Adam, EMA) for configs/default.py and configs/authors_unet.py on all local
 devices. images/s is batch x steps over the wall time of `--steps` steps after one
 compile-and-warm-up step; "LMI ms/batch" times the features alone (already inside the
 step). Reference: the authors' PyTorch UNet of 8.95M parameters trains at 0.8 images/s at
@@ -23,7 +23,7 @@ import numpy as np
 from flax import jax_utils
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from configs import default  # noqa: E402
+from configs import authors_unet, default  # noqa: E402
 from lmi_jax import lmi, train  # noqa: E402
 from lmi_jax.models import count_params  # noqa: E402
 
@@ -37,16 +37,11 @@ def timed(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-# The authors' UNet layout within NCSN++'s options: DDPM residual blocks, plain resampling,
-# no input/output pyramids (8.83M parameters at 128 px against their 8.95M).
-AUTHORS_UNET = {"resblock_type": "ddpm", "fir": False, "progressive": "none",
-                "progressive_input": "none"}
+CONFIGS = {"default": default, "authors": authors_unet}
 
 
 def measure(size: int, batch: int, steps: int, arch: str) -> dict:
-  config = default.get_config()
-  if arch == "authors":
-    config.model.update(AUTHORS_UNET)
+  config = CONFIGS[arch].get_config()
   config.data.image_size = size
   cfg = train.step_config(config)
   devices = jax.local_device_count()
@@ -82,9 +77,8 @@ def main() -> None:
   parser.add_argument("--sizes", type=int, nargs="+", default=[128, 64])
   parser.add_argument("--batches", type=int, nargs="+", default=[4, 16])
   parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
-  parser.add_argument("--archs", nargs="+", default=["default", "authors"],
-                      choices=["default", "authors"],
-                      help="default: configs/default.py's NCSN++; authors: their UNet layout")
+  parser.add_argument("--archs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                      help="default: configs/default.py; authors: configs/authors_unet.py")
   args = parser.parse_args()
 
   device = jax.devices()[0]
