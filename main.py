@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmi_jax import evaluation, host, train, translate
-from lmi_jax.errors import InputError
+from lmi_jax.errors import InputError, one_line
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
@@ -24,11 +24,6 @@ flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
                   "train: fit the score model; sample: translate --input; eval: test-split report.")
 flags.DEFINE_string("input", None, "Source NIfTI volume to translate (--mode=sample).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def one_line(text: object) -> str:
-  """text with every run of whitespace (newlines included) as one space."""
-  return " ".join(str(text).split())
 
 
 def parse_flags(argv: list[str]) -> list[str]:

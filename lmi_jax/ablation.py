@@ -21,8 +21,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lmi_jax import evaluation, host, translate
-from lmi_jax.data import load_dataset
-from lmi_jax.errors import InputError
+from lmi_jax.errors import InputError, one_line
+
 
 def parse_vary(text: str, config: ml_collections.ConfigDict) -> tuple[str, list]:
   """"sampling.key=v1,v2" -> ("sampling.key", [v1, v2]), each value of the key's type."""
@@ -93,12 +93,8 @@ def ablate(config: ml_collections.ConfigDict, workdir: str,
   if config.eval.split == "test":
     raise InputError("eval.split = 'test': choose settings on the validation split "
                      "(--config.eval.split=val) and keep the test split for the final report.")
-  methods = translate._check_methods(config.eval.methods)
-  data = load_dataset(config, workdir)
-  split = translate.select_split(data, config.eval.split, int(config.eval.max_slices))
-  train_target = data["train"]["target"]
-  segmenter = translate.fit_segmenter(config, train_target)
-  ctx = translate.make_context(config, workdir, train_target)
+  methods = translate.check_methods(config.eval.methods)
+  split, segmenter, ctx = translate.prepare_split(config, workdir, methods)
   out_dir = os.path.join(workdir, "ablation")
   evaluation.prepare_dir(out_dir)
   rows = []
@@ -130,7 +126,7 @@ def main(argv: list[str]) -> None:
     grid = [parse_vary(text, config) for text in flags.FLAGS.vary]
     ablate(config, flags.FLAGS.workdir, grid)
   except InputError as error:
-    raise SystemExit(f"error: {' '.join(str(error).split())}") from None
+    raise SystemExit(f"error: {one_line(error)}") from None
   with open(os.path.join(flags.FLAGS.workdir, "ablation", "ablation.md")) as f:
     print(f.read())
 

@@ -6,3 +6,8 @@ class InputError(ValueError):
 
   `main.py` prints it as a one-line message and exits with status 2.
   """
+
+
+def one_line(text: object) -> str:
+  """text with every run of whitespace (newlines included) as one space."""
+  return " ".join(str(text).split())

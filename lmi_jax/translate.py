@@ -87,15 +87,15 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   devices = jax.local_device_count()
   # As few batches as `sampling.batch_size` allows, of equal size: padding a short last
   # batch up to a full one is wasted work (30 slices at batch size 25 run as 2 x 15).
-  num_batches = -(-len(source) // max(1, int(ctx.config.sampling.batch_size)))
-  per_device = -(-len(source) // (num_batches * devices))
+  min_batches = -(-len(source) // max(1, int(ctx.config.sampling.batch_size)))
+  per_device = -(-len(source) // (min_batches * devices))
   batch = per_device * devices
   # Parameters go in as a broadcast argument rather than as constants baked into the
   # compiled program, which would make compilation slow for large models.
   run = jax.pmap(lambda variables, src, k: fn(dataclasses.replace(ctx, variables=variables), src, k),
                  in_axes=(None, 0, 0))
   outputs, start_time = [], time.time()
-  num_batches = -(-len(source) // batch)  # Rounding per_device up may leave fewer.
+  num_batches = -(-len(source) // batch)  # Rounding per_device up may need fewer.
   for b in range(num_batches):
     chunk = source[b * batch:(b + 1) * batch]
     valid = len(chunk)
@@ -180,7 +180,7 @@ def sampling_key(config: ml_collections.ConfigDict) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), int(config.sampling.seed))
 
 
-def _check_methods(names) -> tuple[str, ...]:
+def check_methods(names) -> tuple[str, ...]:
   unknown = [n for n in names if n not in METHODS]
   if unknown:
     raise InputError(f"eval.methods: unknown method {unknown[0]!r}; choose from {sorted(METHODS)}.")
@@ -236,6 +236,23 @@ def fit_segmenter(config: ml_collections.ConfigDict,
       max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
 
 
+def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tuple[str, ...]
+                  ) -> tuple[dict[str, np.ndarray], evaluation.KMeansSegmenter, Context]:
+  """What scoring `methods` on `eval.split` needs: the split's arrays, the K-means fitted
+  on target training slices, and the context (the model restored only if a method uses it).
+  """
+  data = load_dataset(config, workdir)
+  split = select_split(data, config.eval.split, int(config.eval.max_slices))
+  train_target = data["train"]["target"]
+  segmenter = fit_segmenter(config, train_target)
+  needs_model = any(m in ("lmi", "sdedit") for m in methods)
+  ctx = make_context(config, workdir, train_target) if needs_model else Context(
+      model=None, variables={}, sde=sde_from_config(config.sde),
+      lmi_cfg=lmi.from_config(config.lmi), config=config,
+      target_reference=train_target.reshape(-1))
+  return split, segmenter, ctx
+
+
 def run_methods(ctx: Context, methods: tuple[str, ...],
                 source: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Each method's translation of (N, H, W, 1) sources, and its wall time in seconds.
@@ -269,16 +286,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   K-means is fitted on target training slices only; writes WORKDIR/eval/report.{json,md,csv}
   and comparison.png, and returns the report.
   """
-  methods = _check_methods(config.eval.methods)
-  data = load_dataset(config, workdir)
-  split = select_split(data, config.eval.split, int(config.eval.max_slices))
-  train_target = data["train"]["target"]
-  segmenter = fit_segmenter(config, train_target)
-  needs_model = any(m in ("lmi", "sdedit") for m in methods)
-  ctx = make_context(config, workdir, train_target) if needs_model else Context(
-      model=None, variables={}, sde=sde_from_config(config.sde),
-      lmi_cfg=lmi.from_config(config.lmi), config=config,
-      target_reference=train_target.reshape(-1))
+  methods = check_methods(config.eval.methods)
+  split, segmenter, ctx = prepare_split(config, workdir, methods)
   outputs, _ = run_methods(ctx, methods, split["source"])
   report = score_split(config, outputs, split, segmenter)
   out_dir = os.path.join(workdir, "eval")

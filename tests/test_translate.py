@@ -119,7 +119,7 @@ def test_histmatch_matches_target_histogram():
 
 def test_unknown_method_is_named():
   with pytest.raises(InputError, match="eval.methods"):
-    translate._check_methods(["lmi", "cyclegan"])
+    translate.check_methods(["lmi", "cyclegan"])
 
 
 def test_ablation_baseline_row_is_the_eval_report(trained):
