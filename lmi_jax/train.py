@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metrics
 from flax import jax_utils
+from jax.experimental import multihost_utils
 
 from lmi_jax import lmi, losses, sampling, writers
 from lmi_jax.data import load_dataset
@@ -122,6 +123,7 @@ def check_training_config(training: ml_collections.ConfigDict, num_devices: int)
     require(training[key] >= 1, key, "use a count >= 1")
   for key in ("sample_every", "sample_steps"):
     require(training[key] >= 0, key, "use a count >= 0")
+  require(training.time_limit_min >= 0, "time_limit_min", "use minutes >= 0 (0: no limit)")
 
 
 def learning_rate(cfg: StepConfig) -> optax.Schedule:
@@ -410,6 +412,17 @@ class Progress:
     self._window, self._tick, self._tick_step = None, time.perf_counter(), step
 
 
+def out_of_time(start: float, limit_min: float) -> bool:
+  """Whether `limit_min` (> 0) minutes have passed since `start` (a perf_counter reading).
+
+  Process 0's clock decides for every host, so all of them stop after the same step.
+  """
+  over = limit_min > 0 and time.perf_counter() - start > 60.0 * limit_min
+  if jax.process_count() > 1:
+    over = bool(multihost_utils.broadcast_one_to_all(np.asarray(over)))
+  return over
+
+
 def write_samples(writer: writers.MetricWriter, workdir: str, step: int, grid: np.ndarray) -> None:
   """The sample grid (H, W) in [0, 1] as workdir/samples/step_<step>.png and a TensorBoard image."""
   folder = os.path.join(workdir, "samples")
@@ -442,19 +455,26 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
   # Inputs placed under the pmap's own axis name match its outputs' sharding, so the
   # second step hits the compilation cache instead of compiling again.
   rstate = jax_utils.replicate(state, axis_name=AXIS)
+  start = time.perf_counter()
   for step in range(start_step + 1, training.num_steps + 1):
     rstate, step_metrics = p_train_step(rstate, next(batches), cfg)
     progress.update(step, step_metrics.unreplicate())
+    stop = False
     if step % training.log_every == 0 or step == training.num_steps:
       progress.report(step)
+      stop = training.time_limit_min > 0 and out_of_time(start, training.time_limit_min)
     if lead_host and training.sample_every and step % training.sample_every == 0:
       grid = sample_grid(jax_utils.unreplicate(rstate.ema_params),
                          jnp.asarray(images[:training.num_samples]),
                          jax.random.fold_in(jax.random.key(config.seed), step), cfg,
                          training.sample_steps, config.sampling.eps)
       write_samples(writer, workdir, step, np.asarray(grid))
-    if step % training.checkpoint_every == 0 or step == training.num_steps:
+    if step % training.checkpoint_every == 0 or step == training.num_steps or stop:
       save_checkpoint(manager, jax_utils.unreplicate(rstate))
+    if stop:
+      logging.info("Stopped at step %d: training.time_limit_min=%g reached; rerun to resume.",
+                   step, training.time_limit_min)
+      break
   return jax.device_get(jax_utils.unreplicate(rstate))
 
 

@@ -132,6 +132,16 @@ def test_stop_and_restart_resumes_to_the_same_parameters(reference, tmp_path, ca
   assert_same_state(latest_checkpoint(tmp_path), latest_checkpoint(reference[0]), atol=0.0)
 
 
+def test_time_limit_stops_with_a_checkpoint_and_a_rerun_resumes(reference, tmp_path, caplog):
+  with caplog.at_level(pylogging.INFO, logger="absl"):
+    state = train.train_and_evaluate(tiny_config(training__time_limit_min=1e-9), str(tmp_path))
+  assert int(state.step) == 1  # The limit is checked at each log step: here every step.
+  assert "Stopped at step 1: training.time_limit_min=1e-09 reached" in caplog.text
+  assert train.latest_step(str(tmp_path)) == 1
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert_same_state(latest_checkpoint(tmp_path), latest_checkpoint(reference[0]), atol=0.0)
+
+
 def test_restore_ema_params(reference):
   workdir, state = reference
   variables, step = train.restore_ema_params(tiny_config(), str(workdir))

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import ml_collections
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from absl import logging
 from nibabel import orientations
 from scipy import ndimage
@@ -211,8 +210,9 @@ def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[in
   return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-3)
 
 
-def _to_sitk(volume: np.ndarray, affine: np.ndarray) -> sitk.Image:
+def _to_sitk(volume: np.ndarray, affine: np.ndarray) -> "SimpleITK.Image":
   """A SimpleITK image with the volume's geometry in ITK's LPS world."""
+  import SimpleITK as sitk  # Only registration needs it: a 50 MB install (GPU images lack it).
   spacing = voxel_sizes(affine)
   lps = _LPS @ affine
   image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0), np.float32))
@@ -236,6 +236,7 @@ def rigid_registration(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.n
     (4, 4) RAS world transform taking a point of the fixed image to the matching point of the
     moving image (world_moving = T @ world_fixed).
   """
+  import SimpleITK as sitk  # See _to_sitk.
   fixed_image, moving_image = _to_sitk(fixed, fixed_affine), _to_sitk(moving, moving_affine)
   finest = float(voxel_sizes(fixed_affine).min())
   shrinks = sorted({max(1, round(level / finest)) for level in (4.0, 2.0, 1.0)}, reverse=True)

@@ -82,11 +82,16 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
                          precision=None) -> jax.Array:
   """`lax.conv_general_dilated` for nn.Conv's NHWC/HWIO 2-D case, with a faster kernel
-  gradient on CPU (`_kernel_grad`); dilated or grouped convolutions are not used here."""
+  gradient on CPU (`_kernel_grad`) and lax's own elsewhere; dilated or grouped convolutions
+  are not used here."""
   del dimension_numbers, precision  # nn.Conv passes NHWC/HWIO and the default precision.
   if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or feature_group_count != 1:
     raise NotImplementedError("dilated or grouped convolution")
   strides = tuple(window_strides)
+  if jax.default_backend() != "cpu":
+    # cuDNN's kernel gradient is fast; the per-image scan of _kernel_grad would serialise it.
+    return jax.lax.conv_general_dilated(lhs, rhs, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   return _conv2d(lhs, rhs, strides, tuple(tuple(p) for p in padding))
