@@ -8,16 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
-from lmi_jax import ablation, models, pretrained, translate
+from configs import phantom_pd2t1_cpu, phantom_pd2t1_gpu, tiny
+from lmi_jax import ablation, models, pretrained, sde as sdes, train, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
+
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs", "tiny.py")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A tiny model trained for a few steps, shared by the tests of this module."""
-  from lmi_jax import train
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny.get_config()
   config.training.num_steps = 4
@@ -103,6 +105,45 @@ def test_shipped_model_is_used_when_workdir_has_none(trained, tmp_path):
   wrong.model.nf = 8
   with pytest.raises(InputError, match="does not fit"):
     pretrained.load(wrong, shipped)
+
+
+def test_float16_export_halves_the_file_and_loads_as_float32(trained, tmp_path):
+  config, workdir = trained
+  folders = {d: str(tmp_path / d) for d in pretrained.STORAGE_DTYPES}
+  for dtype, folder in folders.items():
+    assert pretrained.export(config, CONFIG_FILE, workdir, folder, dtype)["dtype"] == dtype
+  size = {d: os.path.getsize(os.path.join(f, pretrained.PARAMS_FILE)) for d, f in folders.items()}
+  assert size["float16"] < 0.6 * size["float32"]
+  full, _ = pretrained.load(config, folders["float32"])
+  half, _ = pretrained.load(config, folders["float16"])
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(half)):
+    assert b.dtype == np.float32
+    np.testing.assert_array_equal(b, a.astype(np.float16).astype(np.float32))
+  with pytest.raises(InputError, match="dtype='bfloat16'"):
+    pretrained.export(config, CONFIG_FILE, workdir, str(tmp_path / "bad"), "bfloat16")
+  assert sorted(os.listdir(tmp_path)) == sorted(folders)  # Nothing left of the refused one.
+
+
+@pytest.mark.parametrize("config_module", [phantom_pd2t1_cpu, phantom_pd2t1_gpu])
+def test_shipped_models_denoise_phantom_slices(config_module, tmp_path):
+  """Each shipped model loads through the config that names it, and one Tweedie step of its
+  LMI-conditioned score brings noisy T1w test slices much closer to the clean ones."""
+  config = config_module.get_config()
+  config.data.num_train_subjects, config.data.num_val_subjects = 1, 0
+  config.data.num_test_subjects = 1
+  test = load_dataset(config, str(tmp_path))["test"]
+  variables, _ = translate.restore_model(config, str(tmp_path))  # No checkpoint: the shipped one.
+  sde = sdes.sde_from_config(config.sde)
+  clean, source = jnp.asarray(test["target"][:2]), jnp.asarray(test["source"][:2])
+  t = jnp.full((2,), 0.3)
+  std = sde.mean_std(t)[1][0]  # VE: the clean slice is the mean.
+  noisy = clean + std * jax.random.normal(jax.random.key(0), clean.shape)
+  score = models.lmi_score(models.create_model(config.model), variables, sde,
+                           train.step_config(config).lmi_cfg, source,
+                           scale_by_sigma=config.model.scale_by_sigma)(noisy, t)
+  denoised = noisy + std**2 * score
+  noisy_error = float(jnp.mean(jnp.square(noisy - clean)))
+  assert float(jnp.mean(jnp.square(denoised - clean))) < 0.3 * noisy_error
 
 
 def test_histmatch_matches_target_histogram():
