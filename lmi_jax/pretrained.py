@@ -2,8 +2,9 @@
 
 A folder holds `ema_params.msgpack` (Flax msgpack of the parameters, float32 or float16),
 `config.py` (the config that trained them, loadable with --config) and `model.json` (step,
-parameter count, storage type, where it came from). `--mode=sample` and `--mode=eval` fall back to the folder named by
-`sampling.pretrained` when their workdir holds no checkpoint of its own.
+parameter count, storage type, where it came from). `--mode=sample` and `--mode=eval` fall
+back to the folder named by `sampling.pretrained` when their workdir holds no checkpoint of
+its own.
 
   python -m lmi_jax.pretrained --config=configs/phantom_pd2t1_cpu.py \
       --workdir=workdir/phantom_cpu --out=checkpoints/phantom_pd2t1
