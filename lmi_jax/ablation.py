@@ -84,11 +84,11 @@ def ablation_markdown(rows: list[dict], methods: tuple[str, ...], n_slices: int,
 
 
 def ablate(config: ml_collections.ConfigDict, workdir: str,
-           grid: list[tuple[str, list]]) -> list[dict]:
+           grid: list[tuple[str, list]]) -> tuple[list[dict], str]:
   """Runs every setting of `grid` (see `settings`) and writes WORKDIR/ablation/ablation.*.
 
   Returns one dict per (setting, method): setting, method, metrics ({metric: {mean, std}}),
-  seconds.
+  seconds; and the Markdown table written to ablation.md.
   """
   if config.eval.split == "test":
     raise InputError("eval.split = 'test': choose settings on the validation split "
@@ -96,8 +96,8 @@ def ablate(config: ml_collections.ConfigDict, workdir: str,
   methods = translate.check_methods(config.eval.methods)
   split, segmenter, ctx = translate.prepare_split(config, workdir, methods)
   out_dir = os.path.join(workdir, "ablation")
-  evaluation.prepare_dir(out_dir)
-  rows = []
+  evaluation.prepare_dir(out_dir)  # A bad folder fails now, not after the first setting.
+  rows, table = [], ""
   all_settings = settings(config, grid)
   for index, (name, setting) in enumerate(all_settings):
     logging.info("Setting %d/%d: %s", index + 1, len(all_settings), name)
@@ -108,13 +108,13 @@ def ablate(config: ml_collections.ConfigDict, workdir: str,
       rows.append({"setting": name, "method": method, "seconds": seconds[method],
                    "metrics": {m: entry[m] for m in evaluation.METRICS if m in entry}})
     # Rewritten after every setting, so a long run shows what it has so far.
-    evaluation.atomic_write(os.path.join(out_dir, "ablation.md"), ablation_markdown(
-        rows, methods, len(split["source"]), config.eval.split).encode())
+    table = ablation_markdown(rows, methods, len(split["source"]), config.eval.split)
+    evaluation.atomic_write(os.path.join(out_dir, "ablation.md"), table.encode())
     evaluation.atomic_write(os.path.join(out_dir, "ablation.json"), json.dumps(
         evaluation.json_safe({"split": config.eval.split, "n_slices": len(split["source"]),
                               "rows": rows}), indent=2, allow_nan=False).encode())
   logging.info("Wrote %s/ablation.{md,json}.", out_dir)
-  return rows
+  return rows, table
 
 
 def main(argv: list[str]) -> None:
@@ -124,11 +124,10 @@ def main(argv: list[str]) -> None:
   host.split_host(int(config.host_devices))
   try:
     grid = [parse_vary(text, config) for text in flags.FLAGS.vary]
-    ablate(config, flags.FLAGS.workdir, grid)
+    _, table = ablate(config, flags.FLAGS.workdir, grid)
   except InputError as error:
     raise SystemExit(f"error: {one_line(error)}") from None
-  with open(os.path.join(flags.FLAGS.workdir, "ablation", "ablation.md")) as f:
-    print(f.read())
+  print(table)
 
 
 if __name__ == "__main__":

@@ -402,8 +402,10 @@ def evaluate_methods(
 
 
 def atomic_write(path: str, data: bytes) -> None:
-  """Writes `data` to a temporary file beside `path`, then renames it into place."""
+  """Writes `data` to a temporary file beside `path`, then renames it into place (the
+  folder is created; `prepare_dir` explains a path that cannot be one)."""
   directory = os.path.dirname(os.path.abspath(path))
+  prepare_dir(directory)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
   try:
     with os.fdopen(fd, "wb") as f:
@@ -483,7 +485,6 @@ def write_report(report: dict, out_dir: str) -> dict[str, str]:
   Returns:
     {"json": path, "md": path, "csv": path}.
   """
-  prepare_dir(out_dir)
   texts = {
       "json": json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n",
       "md": report_markdown(report),
@@ -494,6 +495,13 @@ def write_report(report: dict, out_dir: str) -> dict[str, str]:
     paths[ext] = os.path.join(out_dir, f"report.{ext}")
     atomic_write(paths[ext], text.encode("utf-8"))
   return paths
+
+
+def _save_png(fig: Figure, path: str) -> None:
+  """The figure as a PNG at `path`, written atomically."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  atomic_write(path, buffer.getvalue())
 
 
 def plot_comparison(
@@ -549,10 +557,7 @@ def plot_comparison(
   axes[0, 0].set_title("image")
   axes[0, 1].set_title(f"K-means ({segmenter.k} classes)")
   fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  prepare_dir(os.path.dirname(os.path.abspath(path)))
-  atomic_write(path, buffer.getvalue())
+  _save_png(fig, path)
 
 
 def plot_rows(rows: Mapping[str, np.ndarray], path: str, max_columns: int = 8) -> None:
@@ -576,15 +581,11 @@ def plot_rows(rows: Mapping[str, np.ndarray], path: str, max_columns: int = 8) -
       ax.set_yticks([])
     row[0].set_ylabel(name)
   fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  prepare_dir(os.path.dirname(os.path.abspath(path)))
-  atomic_write(path, buffer.getvalue())
+  _save_png(fig, path)
 
 
 def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
   """np.savez_compressed into `path` through a temporary file, so no partial file remains."""
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)
-  prepare_dir(os.path.dirname(os.path.abspath(path)))
   atomic_write(path, buffer.getvalue())

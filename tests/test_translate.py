@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import phantom_pd2t1_cpu, phantom_pd2t1_gpu, tiny
-from lmi_jax import ablation, models, pretrained, sde as sdes, train, translate
+from lmi_jax import ablation, lmi, models, pretrained, sde as sdes, train, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
@@ -87,9 +87,7 @@ def test_guidance_mixes_conditional_and_unconditional(trained):
 def test_shipped_model_is_used_when_workdir_has_none(trained, tmp_path):
   config, workdir = trained
   shipped = str(tmp_path / "shipped")
-  config_file = tmp_path / "config.py"
-  config_file.write_text("from configs import tiny\ndef get_config():\n  return tiny.get_config()\n")
-  meta = pretrained.export(config, str(config_file), workdir, shipped)
+  meta = pretrained.export(config, CONFIG_FILE, workdir, shipped)
   assert meta["step"] == 4 and os.path.isfile(os.path.join(shipped, "config.py"))
   config = config.copy_and_resolve_references()
   empty = str(tmp_path / "empty")
@@ -139,7 +137,7 @@ def test_shipped_models_denoise_phantom_slices(config_module, tmp_path):
   std = sde.mean_std(t)[1][0]  # VE: the clean slice is the mean.
   noisy = clean + std * jax.random.normal(jax.random.key(0), clean.shape)
   score = models.lmi_score(models.create_model(config.model), variables, sde,
-                           train.step_config(config).lmi_cfg, source,
+                           lmi.from_config(config.lmi), source,
                            scale_by_sigma=config.model.scale_by_sigma)(noisy, t)
   denoised = noisy + std**2 * score
   noisy_error = float(jnp.mean(jnp.square(noisy - clean)))
@@ -171,7 +169,7 @@ def test_ablation_baseline_row_is_the_eval_report(trained):
   config.eval.methods = ("lmi", "identity")
   grid = [ablation.parse_vary("sampling.num_steps=4,2", config)]
   assert grid == [("sampling.num_steps", [4, 2])]
-  rows = ablation.ablate(config, workdir, grid)
+  rows, table = ablation.ablate(config, workdir, grid)
   assert [(r["setting"], r["method"]) for r in rows] == [
       ("baseline", "lmi"), ("baseline", "identity"),
       ("sampling.num_steps=2", "lmi"), ("sampling.num_steps=2", "identity")]
@@ -183,7 +181,7 @@ def test_ablation_baseline_row_is_the_eval_report(trained):
   assert rows[2]["metrics"]["psnr"] != pytest.approx(rows[0]["metrics"]["psnr"])
   assert rows[3]["metrics"] == rows[1]["metrics"]
   with open(os.path.join(workdir, "ablation", "ablation.md")) as f:
-    table = f.read()
+    assert f.read() == table
   assert "sampling.num_steps=2" in table and "2 slices of the val split" in table
 
 

@@ -6,7 +6,6 @@ output layer) starts at that scale of a fan-avg uniform init; 0 makes it zero, s
 block starts as the identity and the untrained network outputs 0.
 """
 
-import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -56,24 +55,25 @@ def _kernel_grad(x: jax.Array, g: jax.Array, window: tuple[int, int],
   return per_batch(x, g)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-            pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def _lax_conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
+                pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
   """x (B, H, W, Ci), w (kh, kw, Ci, Co) -> (B, Ho, Wo, Co), explicit padding."""
   return jax.lax.conv_general_dilated(x, w, strides, pads,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _conv2d_fwd(x, w, strides, pads):
-  return _conv2d(x, w, strides, pads), (x, w)
+  return _lax_conv2d(x, w, strides, pads), (x, w)
 
 
 def _conv2d_bwd(strides, pads, residuals, g):
   x, w = residuals
-  _, input_grad = jax.vjp(lambda v: _conv2d.fun(v, w, strides, pads), x)
+  _, input_grad = jax.vjp(lambda v: _lax_conv2d(v, w, strides, pads), x)
   return input_grad(g)[0], _kernel_grad(x, g, w.shape[:2], strides, pads)
 
 
+# `_lax_conv2d` with the kernel gradient of `_kernel_grad`.
+_conv2d = jax.custom_vjp(_lax_conv2d, nondiff_argnums=(2, 3))
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
@@ -88,13 +88,12 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or feature_group_count != 1:
     raise NotImplementedError("dilated or grouped convolution")
   strides = tuple(window_strides)
-  if jax.default_backend() != "cpu":
-    # cuDNN's kernel gradient is fast; the per-image scan of _kernel_grad would serialise it.
-    return jax.lax.conv_general_dilated(lhs, rhs, strides, padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-  return _conv2d(lhs, rhs, strides, tuple(tuple(p) for p in padding))
+  pads = tuple(tuple(p) for p in padding)
+  # cuDNN's kernel gradient is fast; the per-image scan of _kernel_grad would serialise it.
+  conv2d = _conv2d if jax.default_backend() == "cpu" else _lax_conv2d
+  return conv2d(lhs, rhs, strides, pads)
 
 
 def conv(features: int, kernel: int = 3, stride: int = 1, init_scale: float = 1.0,
