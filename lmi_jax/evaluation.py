@@ -308,6 +308,17 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values))}
 
 
+def class_means(images: np.ndarray, labels: np.ndarray, classes: Iterable[int]) -> dict[str, float]:
+  """Mean intensity of (N, H, W, 1) images over the pixels of each label of (N, H, W) labels.
+
+  Ordered classes (1 CSF, 2 GM, 3 WM for T1w) make a compressed or inverted tissue contrast
+  visible, which Dice alone does not explain. A class with no pixel gets NaN.
+  """
+  slices = _as_slices("images", images)
+  return {str(c): float(slices[labels == c].mean()) if (labels == c).any() else math.nan
+          for c in classes}
+
+
 def _dice_scores(
     pred: np.ndarray, ref: np.ndarray, classes: tuple[int, ...]
 ) -> tuple[dict[str, float], list[float], dict[str, dict[str, float]]]:
@@ -337,14 +348,15 @@ def evaluate_methods(
     outputs: method name -> (N, H, W, 1) translations in [0, 1].
     target: (N, H, W, 1) true target-modality slices.
     segmenter: fitted on target training slices (`fit_kmeans`).
-    labels: optional (N, H, W) ground-truth tissue labels (0 bg, 1..k); adds `dice_gt`.
+    labels: optional (N, H, W) ground-truth tissue labels (0 bg, 1..k); adds `dice_gt`
+      and the mean intensity per label (`class_means`) of each method and of the target.
     mask: optional (N, H, W) bool region of interest.
     data_range: intensity span for PSNR and SSIM.
   Returns:
     {"methods": {name: {"dice", "psnr", "ssim", ["dice_gt"]: {"mean", "std"},
       "dice_per_class", ["dice_gt_per_class"]: {class: {"mean", "std"}},
-      "per_slice": {metric: [N floats]}}},
-     "n_slices", "classes", "segmenter", "foreground", "masked_metrics"}.
+      ["class_means"]: {class: float}, "per_slice": {metric: [N floats]}}},
+     ["target_class_means"], "n_slices", "classes", "segmenter", "foreground", "masked_metrics"}.
   """
   if not outputs:
     raise InputError("evaluate_methods: no method outputs given; pass at least one method.")
@@ -390,8 +402,11 @@ def evaluate_methods(
       entry["dice_gt"] = gt_summary
       entry["dice_gt_per_class"] = gt_classes
       entry["per_slice"]["dice_gt"] = gt_slices
+      entry["class_means"] = class_means(output, labels, classes)
     methods[name] = entry
+  extra = {} if labels is None else {"target_class_means": class_means(target, labels, classes)}
   return {
+      **extra,
       "methods": methods,
       "n_slices": int(target_slices.shape[0]),
       "classes": list(classes),
@@ -458,7 +473,17 @@ def report_markdown(report: dict) -> str:
   for metric in _reported_metrics(report):
     cells = [format_summary(report["methods"][n].get(metric), METRIC_DECIMALS[metric]) for n in names]
     lines.append(f"| {METRIC_TITLES[metric]} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + f"\n\n{report['n_slices']} slices; mean ± std across slices.\n"
+  text = "\n".join(lines) + f"\n\n{report['n_slices']} slices; mean ± std across slices.\n"
+  if "target_class_means" in report:
+    means = [f"{n} {format_class_means(report['methods'][n]['class_means'])}" for n in names]
+    text += (f"\nMean intensity per ground-truth class {'/'.join(map(str, report['classes']))}: target "
+             f"{format_class_means(report['target_class_means'])}; " + "; ".join(means) + ".\n")
+  return text
+
+
+def format_class_means(means: Mapping[str, float]) -> str:
+  """{class: mean} -> "0.39/0.62/0.81" in class order."""
+  return "/".join(f"{means[c]:.2f}" for c in sorted(means, key=int))
 
 
 def report_csv(report: dict) -> str:

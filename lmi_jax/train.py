@@ -478,8 +478,12 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
   return jax.device_get(jax_utils.unreplicate(rstate))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       images: np.ndarray | None = None) -> TrainState:
   """Trains the model of `config` into workdir, resuming from its latest checkpoint.
+
+  `images` are the (N, H, W, 1) training slices; None loads them (`load_dataset`, cached in
+  workdir/cache).
 
   Writes (the first host only) workdir/config.json, TensorBoard events in workdir and sample
   grids in workdir/samples; every host takes part in the checkpoints in workdir/checkpoints.
@@ -495,7 +499,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
-  images = load_dataset(config, workdir)["train"]["target"]
+  if images is None:
+    images = load_dataset(config, workdir)["train"]["target"]
   if len(images) == 0:
     raise InputError("the training split is empty; raise data.num_train_subjects.")
   cfg = step_config(config)

@@ -161,18 +161,26 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict
   return variables, step
 
 
-def make_context(config: ml_collections.ConfigDict, workdir: str,
-                 train_target: np.ndarray) -> Context:
-  """Restores the model (`restore_model`) and builds the shared settings."""
-  variables, step = restore_model(config, workdir)
-  logging.info("Using EMA parameters of training step %d.", step)
+def make_context(config: ml_collections.ConfigDict, workdir: str, train_target: np.ndarray,
+                 with_model: bool = True) -> Context:
+  """The shared settings and, unless `with_model` is False, the restored model (`load_model`)."""
   rng = np.random.default_rng(int(config.seed))
   pooled = train_target.reshape(-1)
   # A sample of the pooled histogram is as good a reference as all of it, and cheaper.
   reference = rng.choice(pooled, size=min(pooled.size, 200_000), replace=False)
-  return Context(model=create_model(config.model), variables=variables,
-                 sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi),
-                 config=config, target_reference=reference, step=step)
+  ctx = Context(model=None, variables={}, sde=sde_from_config(config.sde),
+                lmi_cfg=lmi.from_config(config.lmi), config=config, target_reference=reference)
+  return load_model(ctx, config, workdir) if with_model else ctx
+
+
+def load_model(ctx: Context, config: ml_collections.ConfigDict, workdir: str) -> Context:
+  """`ctx` with the model of `config` restored from `workdir` (`restore_model`), and the
+  SDE and LMI settings of `config`; the histogram reference is kept."""
+  variables, step = restore_model(config, workdir)
+  logging.info("Using EMA parameters of training step %d.", step)
+  return dataclasses.replace(ctx, model=create_model(config.model), variables=variables,
+                             sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi),
+                             config=config, step=step)
 
 
 def sampling_key(config: ml_collections.ConfigDict) -> jax.Array:
@@ -246,10 +254,7 @@ def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tupl
   train_target = data["train"]["target"]
   segmenter = fit_segmenter(config, train_target)
   needs_model = any(m in ("lmi", "sdedit") for m in methods)
-  ctx = make_context(config, workdir, train_target) if needs_model else Context(
-      model=None, variables={}, sde=sde_from_config(config.sde),
-      lmi_cfg=lmi.from_config(config.lmi), config=config,
-      target_reference=train_target.reshape(-1))
+  ctx = make_context(config, workdir, train_target, with_model=needs_model)
   return split, segmenter, ctx
 
 

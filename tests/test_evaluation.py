@@ -168,8 +168,18 @@ def test_evaluate_methods_schema_and_values(segmenter, report_inputs):
   assert identity["ssim"]["mean"] == pytest.approx(1.0) and identity["psnr"]["mean"] == math.inf
   assert noisy["dice"]["mean"] > source["dice"]["mean"]
   assert noisy["psnr"]["mean"] > source["psnr"]["mean"] and noisy["ssim"]["mean"] > source["ssim"]["mean"]
+  # Class means against a per-pixel loop; the inverted source reverses the tissue order.
+  for images, means in [(target, report["target_class_means"]),
+                        (outputs["source"], source["class_means"])]:
+    for c in (1, 2, 3):
+      pixels = [images[n, y, x, 0] for n, y, x in zip(*np.nonzero(labels == c))]
+      assert means[str(c)] == pytest.approx(np.mean(pixels), rel=1e-6)
+  assert identity["class_means"] == report["target_class_means"]
+  source_means = [source["class_means"][c] for c in ("1", "2", "3")]
+  assert source_means == sorted(source_means, reverse=True)
   masked = evaluation.evaluate_methods(outputs, target, segmenter, mask=labels > 0)
   assert masked["masked_metrics"] and "dice_gt" not in masked["methods"]["noisy"]
+  assert "class_means" not in masked["methods"]["noisy"] and "target_class_means" not in masked
   assert masked["methods"]["noisy"]["psnr"]["mean"] == pytest.approx(np.mean(
       [evaluation.psnr(o, t, mask=m) for o, t, m in zip(outputs["noisy"], target, labels > 0)]))
 
@@ -201,6 +211,9 @@ def test_write_report_files(segmenter, report_inputs, tmp_path):
   assert table[0] == "| metric | identity | noisy | source |"
   assert [line.split("|")[1].strip() for line in table[2:6]] == ["Dice", "Dice (ground truth)", "PSNR", "SSIM"]
   assert "±" in table[5] and "| PSNR | inf |" in table[4]
+  means = report["target_class_means"]
+  assert table[-1].startswith("Mean intensity per ground-truth class 1/2/3: target "
+                              f"{means['1']:.2f}/{means['2']:.2f}/{means['3']:.2f}; identity ")
 
 
 def test_write_report_rejects_a_file_as_folder(tmp_path):

@@ -186,9 +186,10 @@ def test_ablation_baseline_row_is_the_eval_report(trained):
 
 
 @pytest.mark.parametrize("vary,split,message", [
-    ("lmi.patch_size=3,5", "val", "only keys of config.sampling"),
-    ("sampling.num_steps=ten", "val", "is not of type int"),
-    ("sampling.num_steps", "val", "expected sampling.<key>="),
+    ("lmi.patch_size=3,5", "val", "add --train"),
+    ("sampling.num_steps=ten", "val", "is not of the type of sampling.num_steps"),
+    ("sampling.num_stepz=10", "val", "has no key 'num_stepz'"),
+    ("sampling.num_steps", "val", "expected <section>.<key>="),
     ("sampling.num_steps=2", "test", "validation split"),
 ])
 def test_ablation_refuses_what_it_cannot_compare(trained, vary, split, message):
@@ -197,3 +198,53 @@ def test_ablation_refuses_what_it_cannot_compare(trained, vary, split, message):
   config.eval.split = split
   with pytest.raises(InputError, match=message):
     ablation.ablate(config, workdir, [ablation.parse_vary(vary, config)])
+
+
+def test_trained_ablation_trains_a_model_per_setting(tmp_path):
+  config = tiny.get_config()
+  config.training.num_steps = 2
+  config.training.sample_every = 0
+  config.sampling.num_steps = 2
+  config.eval.split = "val"
+  config.eval.max_slices = 2
+  config.eval.methods = ("lmi",)
+  workdir = str(tmp_path)
+  assert ablation.parse_vary("lmi.features=cross,cross+self", config, trained=True) == (
+      "lmi.features", [("cross",), ("cross", "self")])
+  grid = [ablation.parse_vary("lmi.features=cross,cross+self", config, trained=True)]
+  rows, table = ablation.ablate(config, workdir, grid, trained=True)
+  names = ["baseline", "lmi.features=cross"]  # cross+self is the baseline's.
+  assert [r["setting"] for r in rows] == names and [r["step"] for r in rows] == [2, 2]
+  models = os.path.join(workdir, "models")
+  assert sorted(os.listdir(models)) == sorted(names)
+  for name in names:
+    assert train.latest_step(os.path.join(models, name)) == 2
+  with open(os.path.join(models, "lmi.features=cross", "config.json")) as f:
+    assert json.load(f)["lmi"]["features"] == ["cross"]
+  # One feature channel fewer: the network's input convolution has one input channel less.
+  first_convs = []
+  for name in names:
+    setting = config.copy_and_resolve_references()
+    if name != "baseline":
+      setting.lmi.features = ("cross",)
+    params = train.restore_ema_params(setting, os.path.join(models, name))[0]["params"]
+    first_convs.append(min((leaf.shape for leaf in jax.tree_util.tree_leaves(params)
+                            if leaf.ndim == 4), key=lambda shape: shape[2])[2])
+  assert first_convs == [3, 2]
+  assert rows[0]["metrics"] != rows[1]["metrics"]
+  assert "| lmi.features=cross | lmi |" in table and "class means" in table.splitlines()[0]
+  # A rerun finds every model trained: it only scores, with the same noise.
+  checkpoints = os.path.join(models, "lmi.features=cross", "checkpoints")
+  written = {f: os.path.getmtime(os.path.join(checkpoints, f)) for f in os.listdir(checkpoints)}
+  again, _ = ablation.ablate(config, workdir, grid, trained=True, baseline=False)
+  assert again[0]["metrics"] == rows[1]["metrics"] and again[0]["step"] == 2
+  assert {f: os.path.getmtime(os.path.join(checkpoints, f))
+          for f in os.listdir(checkpoints)} == written
+  # Another source contrast reuses the models: training saw the target only.
+  config.data.source = "T2"
+  t2, _ = ablation.ablate(config, workdir, [], trained=True)
+  assert t2[0]["step"] == 2 and t2[0]["metrics"] != rows[0]["metrics"]
+  # A model folder trained under other settings is not reused.
+  config.lmi.num_bins = 8
+  with pytest.raises(InputError, match="holds a model trained with other settings"):
+    ablation.ablate(config, workdir, [], trained=True)
