@@ -29,7 +29,6 @@ from ml_collections import config_flags
 
 from lmi_jax import evaluation, host, train, translate
 from lmi_jax.data import load_dataset
-from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, one_line
 
 # Sections whose keys change what the network is trained on: varied only with a model each.
@@ -130,6 +129,10 @@ def train_setting(config: ml_collections.ConfigDict, model_dir: str, images: np.
   else:
     evaluation.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True).encode())
   train.train_and_evaluate(config, model_dir, images)
+  # Without this check an untrained setting would be scored with the shipped model.
+  if train.latest_step(model_dir) is None:
+    raise InputError(f"{model_dir} holds no trained model and training.num_steps="
+                     f"{config.training.num_steps} trains none; raise training.num_steps.")
 
 
 def ablation_markdown(rows: list[dict], methods: tuple[str, ...], n_slices: int, split: str,

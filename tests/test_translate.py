@@ -244,6 +244,11 @@ def test_trained_ablation_trains_a_model_per_setting(tmp_path):
   config.data.source = "T2"
   t2, _ = ablation.ablate(config, workdir, [], trained=True)
   assert t2[0]["step"] == 2 and t2[0]["metrics"] != rows[0]["metrics"]
+  # Scoring only (num_steps=0) needs a trained model, not the shipped one as a stand-in.
+  config.training.num_steps = 0
+  with pytest.raises(InputError, match="holds no trained model"):
+    ablation.ablate(config, workdir, [ablation.parse_vary("sde.type=vp", config, True)],
+                    trained=True, baseline=False)
   # A model folder trained under other settings is not reused.
   config.lmi.num_bins = 8
   with pytest.raises(InputError, match="holds a model trained with other settings"):
