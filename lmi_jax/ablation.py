@@ -177,9 +177,11 @@ def ablate(config: ml_collections.ConfigDict, workdir: str, grid: list[tuple[str
   all_settings = settings(config, grid, baseline)
   if not all_settings:
     raise InputError("nothing to run: --nobaseline and no --vary value that differs from the config.")
-  split, segmenter, ctx = translate.prepare_split(config, workdir, () if trained else methods)
-  # Every setting trains on the same slices (data keys cannot vary): read them once.
-  images = load_dataset(config, workdir)["train"]["target"] if trained else None
+  data = load_dataset(config, workdir)
+  split, segmenter, ctx = translate.prepare_split(config, workdir, () if trained else methods,
+                                                  data)
+  # Every setting trains on the same slices: data keys cannot vary.
+  images = data["train"]["target"]
   out_dir = os.path.join(workdir, "ablation")
   evaluation.prepare_dir(out_dir)  # A bad folder fails now, not after the first setting.
   rows, table = [], ""

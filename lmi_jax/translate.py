@@ -244,12 +244,15 @@ def fit_segmenter(config: ml_collections.ConfigDict,
       max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
 
 
-def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tuple[str, ...]
+def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tuple[str, ...],
+                  data: dict | None = None
                   ) -> tuple[dict[str, np.ndarray], evaluation.KMeansSegmenter, Context]:
   """What scoring `methods` on `eval.split` needs: the split's arrays, the K-means fitted
   on target training slices, and the context (the model restored only if a method uses it).
+  `data` is `load_dataset`'s result for callers that hold it; None loads it.
   """
-  data = load_dataset(config, workdir)
+  if data is None:
+    data = load_dataset(config, workdir)
   split = select_split(data, config.eval.split, int(config.eval.max_slices))
   train_target = data["train"]["target"]
   segmenter = fit_segmenter(config, train_target)
