@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import threadpoolctl
 
 from lmi_jax.models import layers
 
@@ -61,21 +62,35 @@ def test_conv_value_and_gradients_match_lax(shape, kernel, stride, padding):
     np.testing.assert_allclose(ours_grad, ref_grad, atol=2e-5, rtol=1e-5)
 
 
-def test_kernel_gradient_under_vmap_sums_the_examples():
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    ((9, 8), 3, 1, "SAME"),
+    ((9, 8), 3, 2, "SAME"),
+    ((9, 8), 3, 2, "VALID"),
+    ((9, 8), 1, 1, "SAME"),
+    ((9, 8), 5, 2, ((2, 1), (0, 3))),
+    ((9, 8), 3, 1, ((0, 2), (1, 0))),
+    ((2, 1), 3, 1, "SAME"),
+])
+def test_kernel_gradient_under_vmap_sums_the_examples(size, kernel, stride, padding):
   """The training loss maps the network over examples; the kernel gradient must still be
-  the sum of the per-example gradients."""
+  the sum of the per-example gradients. Each example holds 2 images, so the host callback's
+  flattened rows also run from one image into the next."""
   kx, kw = jax.random.split(jax.random.key(2))
-  x = jax.random.normal(kx, (3, 8, 8, 4))
-  w = jax.random.normal(kw, (3, 3, 4, 6))
+  x = jax.random.normal(kx, (3, 2, *size, 4))
+  w = jax.random.normal(kw, (kernel, kernel, 4, 6))
 
   def loss(conv, w):
-    per_example = jax.vmap(lambda xi: jnp.sum(jnp.sin(conv(xi[None], w))))(x)
+    per_example = jax.vmap(lambda xi: jnp.sum(jnp.sin(conv(xi, w))))(x)
     return jnp.sum(per_example)
 
-  ours = jax.grad(lambda w: loss(lambda a, b: layers.conv_general_dilated(a, b, (1, 1), "SAME"), w))(w)
+  blas_threads = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+  ours = jax.jit(jax.grad(lambda w: loss(
+      lambda a, b: layers.conv_general_dilated(a, b, (stride, stride), padding), w)))(w)
   ref = jax.grad(lambda w: loss(lambda a, b: jax.lax.conv_general_dilated(
-      a, b, (1, 1), "SAME", dimension_numbers=DN), w))(w)
+      a, b, (stride, stride), padding, dimension_numbers=DN), w))(w)
   np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=1e-5)
+  # The callback runs BLAS on one thread only while it is inside.
+  assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == blas_threads
 
 
 def test_group_norm_matches_flax():

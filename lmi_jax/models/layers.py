@@ -6,16 +6,90 @@ output layer) starts at that scale of a fan-avg uniform init; 0 makes it zero, s
 block starts as the identity and the untrained network outputs 0.
 """
 
+import concurrent.futures
+import functools
+import os
+import threading
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
+from jax.experimental import buffer_callback
 
 
 def variance_scaling(scale: float) -> nn.initializers.Initializer:
   return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+class _OneBlasThread:
+  """Context in which NumPy's BLAS runs on one thread, however many callers are inside.
+
+  `_kernel_grad_host` spreads its products over `_POOL` itself: OpenBLAS splitting each
+  small product over its own threads ran them at half the speed, and those threads spinning
+  between calls slowed the XLA ops around the callback (the default network trained at 0.6
+  images/s that way, 0.73 this way). BLAS gets its thread count back when the last caller
+  leaves; NumPy calls on other threads meanwhile get one thread too.
+  """
+
+  def __init__(self):
+    self._controller = None  # Found on first use: scanning the loaded libraries takes time.
+    self._lock = threading.Lock()
+    self._inside = 0
+    self._limits = None
+
+  def __enter__(self):
+    with self._lock:
+      if not self._inside:
+        self._controller = self._controller or threadpoolctl.ThreadpoolController()
+        self._limits = self._controller.limit(limits=1, user_api="blas")
+      self._inside += 1
+
+  def __exit__(self, *exc_info):
+    with self._lock:
+      self._inside -= 1
+      if not self._inside:
+        self._limits.restore_original_limits()
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
+# The cores this process may run on (a container's share, not the host's count).
+_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_POOL = concurrent.futures.ThreadPoolExecutor(_WORKERS)
+
+
+def _kernel_grad_host(ctx: buffer_callback.ExecutionContext, out: buffer_callback.Buffer,
+                      xq: buffer_callback.Buffer, gq: buffer_callback.Buffer, *,
+                      window: tuple[int, int], strides: tuple[int, int]) -> None:
+  """`_kernel_grad` on the buffers it lays out: xq (..., sh, sw, B, Hq, Wq, Ci) the stride
+  phases of padded x, gq (..., B, Hq, Wq, Co) the output cotangent zero-padded to the phase
+  grid; writes out (..., kh, kw, Ci, Co), one kernel gradient per leading index.
+
+  With a phase's pixels flattened to rows, tap (i, j) reads its input a fixed number of rows
+  after the output pixel, so its gradient is one matrix product of two contiguous slices,
+  which BLAS takes as they are (the transposed one too). g's zero padding is what pairs with
+  the rows that wrap into the next grid row or image.
+  """
+  del ctx
+  (kh, kw), (sh, sw) = window, strides
+  out, xq, gq = np.asarray(out), np.asarray(xq), np.asarray(gq)
+  *_, b, hq, wq, co = gq.shape
+  ci = xq.shape[-1]
+  rows = b * hq * wq
+  xq = xq.reshape(-1, sh, sw, rows, ci)
+  gq = gq.reshape(-1, rows, co)
+  out = out.reshape(-1, kh, kw, ci, co)
+
+  def tap(n, i, j):
+    offset = (i // sh) * wq + j // sw
+    np.matmul(xq[n, i % sh, j % sw, offset:].T, gq[n, :rows - offset], out=out[n, i, j])
+
+  taps = [(n, i, j) for n in range(len(gq)) for i in range(kh) for j in range(kw)]
+  shares = [taps[k::_WORKERS] for k in range(_WORKERS)]
+  with _ONE_BLAS_THREAD:
+    list(_POOL.map(lambda share: [tap(*t) for t in share], shares))
 
 
 def _kernel_grad(x: jax.Array, g: jax.Array, window: tuple[int, int],
@@ -23,36 +97,28 @@ def _kernel_grad(x: jax.Array, g: jax.Array, window: tuple[int, int],
   """Gradient of a convolution's loss w.r.t. its kernel: x (B, H, W, Ci), output cotangent
   g (B, Ho, Wo, Co) -> (kh, kw, Ci, Co).
 
-  One image at a time (lax.scan), one matrix product per kernel tap: XLA CPU's own
-  kernel-gradient convolution ran at 25-40 GFLOP/s against 300 for the forward one, and
-  was most of a training step; this form is 1.5-3x faster and keeps each image in cache.
-  Under vmap (the loss maps the network over examples) the mapped axis is scanned too:
-  batching the body instead made every tap's slice a slow strided copy.
+  Computed by OpenBLAS in a host callback (`_kernel_grad_host`): XLA CPU's dot ran this
+  contraction of every pixel into a small (kh kw Ci, Co) result at 50-90 GFLOP/s in every
+  form tried (its own kernel-gradient convolution at 25-40), the callback at 130-240 within
+  a training step. It is a buffer_callback, which reads XLA's buffers in place: pure_callback
+  copied its inputs, and lost most of the gain. Under vmap (the loss maps the network over
+  examples) one call takes every example. The callback has no derivative of its own, so the
+  kernel gradient cannot be differentiated again.
   """
   (kh, kw), (sh, sw) = window, strides
-  _, ho, wo, co = g.shape
-  ci = x.shape[-1]
-
-  def add_image(acc, image):
-    xi, gi = image
-    gi = gi.reshape(-1, co)
-    taps = [jax.lax.slice(xi, (i, j, 0), (i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
-                          (sh, sw, 1)).reshape(-1, ci).T @ gi
-            for i in range(kh) for j in range(kw)]
-    return acc + jnp.stack(taps).reshape(kh, kw, ci, co), None
-
-  @jax.custom_batching.custom_vmap
-  def per_batch(x, g):
-    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-    return jax.lax.scan(add_image, jnp.zeros((kh, kw, ci, co), g.dtype), (xp, g))[0]
-
-  @per_batch.def_vmap
-  def _(axis_size, in_batched, x, g):
-    x, g = (v if batched else jnp.broadcast_to(v, (axis_size, *v.shape))
-            for v, batched in zip((x, g), in_batched))
-    return jax.lax.map(lambda xg: per_batch(*xg), (x, g)), True
-
-  return per_batch(x, g)
+  b, ho, wo, co = g.shape
+  _, hgt, wid, ci = x.shape
+  # The phase grid: tap (i, j) reads phase (i % sh, j % sw) at (i // sh, j // sw) past the
+  # output pixel, so it must reach that far beyond the last one; x is padded or cropped to it.
+  hq, wq = ho + (kh - 1) // sh, wo + (kw - 1) // sw
+  xq = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                   [(0, 0, 0), (pads[0][0], sh * hq - hgt - pads[0][0], 0),
+                    (pads[1][0], sw * wq - wid - pads[1][0], 0), (0, 0, 0)])
+  xq = xq.reshape(b, hq, sh, wq, sw, ci).transpose(2, 4, 0, 1, 3, 5)
+  gq = jnp.pad(g, ((0, 0), (0, hq - ho), (0, wq - wo), (0, 0)))
+  result = jax.ShapeDtypeStruct((kh, kw, ci, co), jnp.result_type(x, g))
+  host = functools.partial(_kernel_grad_host, window=window, strides=strides)
+  return buffer_callback.buffer_callback(host, result, vmap_method="broadcast_all")(xq, gq)
 
 
 def _lax_conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
@@ -91,7 +157,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   pads = tuple(tuple(p) for p in padding)
-  # cuDNN's kernel gradient is fast; the per-image scan of _kernel_grad would serialise it.
+  # cuDNN's kernel gradient is fast, and a host callback would copy through the host.
   conv2d = _conv2d if jax.default_backend() == "cpu" else _lax_conv2d
   return conv2d(lhs, rhs, strides, pads)
 
