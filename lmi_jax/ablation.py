@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, host, train, translate
+from lmi_jax import evaluation, files, host, train, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, one_line
 
@@ -127,7 +127,7 @@ def train_setting(config: ml_collections.ConfigDict, model_dir: str, images: np.
         raise InputError(f"{model_dir} holds a model trained with other settings than this "
                          "run's; use a new --workdir, or delete that folder to retrain it.")
   else:
-    evaluation.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True).encode())
+    files.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True).encode())
   train.train_and_evaluate(config, model_dir, images)
   # Without this check an untrained setting would be scored with the shipped model.
   if train.latest_step(model_dir) is None:
@@ -183,7 +183,7 @@ def ablate(config: ml_collections.ConfigDict, workdir: str, grid: list[tuple[str
   # Every setting trains on the same slices: data keys cannot vary.
   images = data["train"]["target"]
   out_dir = os.path.join(workdir, "ablation")
-  evaluation.prepare_dir(out_dir)  # A bad folder fails now, not after the first setting.
+  files.prepare_dir(out_dir)  # A bad folder fails now, not after the first setting.
   rows, table = [], ""
   for index, (name, setting) in enumerate(all_settings):
     logging.info("Setting %d/%d: %s", index + 1, len(all_settings), name)
@@ -202,8 +202,8 @@ def ablate(config: ml_collections.ConfigDict, workdir: str, grid: list[tuple[str
     # Rewritten after every setting, so a long run shows what it has so far.
     table = ablation_markdown(rows, methods, len(split["source"]), config.eval.split,
                               report.get("target_class_means"))
-    evaluation.atomic_write(os.path.join(out_dir, "ablation.md"), table.encode())
-    evaluation.atomic_write(os.path.join(out_dir, "ablation.json"), json.dumps(
+    files.atomic_write(os.path.join(out_dir, "ablation.md"), table.encode())
+    files.atomic_write(os.path.join(out_dir, "ablation.json"), json.dumps(
         evaluation.json_safe({"split": config.eval.split, "n_slices": len(split["source"]),
                               "target_class_means": report.get("target_class_means"),
                               "rows": rows}), indent=2, allow_nan=False).encode())

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +26,7 @@ from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
 
 from lmi_jax.errors import InputError
+from lmi_jax.files import atomic_write
 
 # SSIM of Wang et al. 2004: Gaussian window sigma 1.5 truncated at 3.5 sigma (11x11),
 # K1, K2 as published; the same defaults as scikit-image's gaussian_weights=True.
@@ -414,28 +414,6 @@ def evaluate_methods(
       "foreground": foreground_source,
       "masked_metrics": mask is not None,
   }
-
-
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes `data` to a temporary file beside `path`, then renames it into place (the
-  folder is created; `prepare_dir` explains a path that cannot be one)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  prepare_dir(directory)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
-def prepare_dir(directory: str) -> None:
-  """Creates `directory`, or explains why it cannot be used."""
-  if os.path.exists(directory) and not os.path.isdir(directory):
-    raise InputError(f"{directory}: exists and is not a folder; choose another output folder.")
-  os.makedirs(directory, exist_ok=True)
 
 
 def json_safe(value: object) -> object:

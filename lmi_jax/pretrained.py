@@ -13,7 +13,6 @@ its own.
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import ml_collections
@@ -22,7 +21,7 @@ from absl import app, flags
 from flax import serialization
 from ml_collections import config_flags
 
-from lmi_jax import train
+from lmi_jax import files, train
 from lmi_jax.errors import InputError
 
 PARAMS_FILE = "ema_params.msgpack"
@@ -47,9 +46,9 @@ def write_model(params: dict, config_path: str, meta: dict, out_dir: str,
   params = jax.tree.map(lambda p: np.asarray(p, dtype), params)
   meta = {**meta, "parameters": int(sum(p.size for p in jax.tree.leaves(params))),
           "config": os.path.basename(config_path), "dtype": dtype}
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, prefix=".export-")
+  files.prepare_dir(os.path.dirname(os.path.abspath(out_dir)))
+  staging = files.temporary_sibling(out_dir)
+  os.mkdir(staging)
   try:
     with open(os.path.join(staging, PARAMS_FILE), "wb") as f:
       f.write(serialization.msgpack_serialize(params))

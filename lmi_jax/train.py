@@ -36,7 +36,7 @@ from clu import metrics
 from flax import jax_utils
 from jax.experimental import multihost_utils
 
-from lmi_jax import lmi, losses, sampling, writers
+from lmi_jax import files, lmi, losses, sampling, writers
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 from lmi_jax.models import (count_params, create_model, init_variables, lmi_score,
@@ -494,10 +494,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   initialize_distributed(training)
   check_training_config(training, jax.device_count())
   lead_host = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  files.prepare_dir(workdir)
   if lead_host:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    files.atomic_write(os.path.join(workdir, "config.json"),
+                       config.to_json_best_effort(indent=2, sort_keys=True).encode())
 
   if images is None:
     images = load_dataset(config, workdir)["train"]["target"]

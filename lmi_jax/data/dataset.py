@@ -18,7 +18,6 @@ hash covering the whole data config, a pipeline version and the input files' siz
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,6 +27,7 @@ from absl import logging
 
 from lmi_jax.data import nifti, phantom
 from lmi_jax.data import slices as slicing
+from lmi_jax import files
 from lmi_jax.errors import InputError
 
 DATASETS = ("phantom", "ixi", "nifti")
@@ -194,18 +194,11 @@ def cache_path(data: ml_collections.ConfigDict, workdir: str, fingerprint: list)
   return os.path.join(workdir, "cache", hashlib.sha256(blob.encode()).hexdigest()[:20] + ".npz")
 
 
-def _save_atomic(path: str, dataset: dict[str, dict[str, np.ndarray]]) -> None:
-  """Write the npz to a temporary file beside `path`, then rename: no half-written cache."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+def _save(path: str, dataset: dict[str, dict[str, np.ndarray]]) -> None:
+  """Writes the npz through `files.atomic_path`: no half-written cache."""
   flat = {f"{split}.{key}": value for split, arrays in dataset.items() for key, value in arrays.items()}
-  handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
-  try:
-    with os.fdopen(handle, "wb") as f:
-      np.savez(f, **flat)
-    os.replace(temporary, path)
-  except BaseException:
-    os.unlink(temporary)
-    raise
+  with files.atomic_path(path) as temporary:
+    np.savez(temporary, **flat)
 
 
 def _load(path: str) -> dict[str, dict[str, np.ndarray]]:
@@ -247,6 +240,6 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
       logging.info("Data (%s): %d/%d subjects, %.1f s", data.dataset, done, total, now - start)
       last[:] = done, now
   dataset = {split: _build_split(splits[split], data, progress) for split in SPLITS}
-  _save_atomic(path, dataset)
+  _save(path, dataset)
   logging.info("Data: cached %s", path)
   return dataset

@@ -23,6 +23,7 @@ from absl import logging
 from nibabel import orientations
 from scipy import ndimage
 
+from lmi_jax import files
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
 
@@ -350,5 +351,5 @@ def write_translation(slices: np.ndarray, reference: str | SliceGeometry, out_pa
   header.set_data_dtype(np.float32)
   image = type(image_in)(volume, image_in.affine, header)
   image.header.set_slope_inter(1.0, 0.0)
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  image.to_filename(out_path)
+  with files.atomic_path(out_path) as temporary:
+    image.to_filename(temporary)
