@@ -25,9 +25,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from lmi_jax import files
 from lmi_jax.data import nifti, phantom
 from lmi_jax.data import slices as slicing
-from lmi_jax import files
 from lmi_jax.errors import InputError
 
 DATASETS = ("phantom", "ixi", "nifti")
