@@ -29,9 +29,12 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_test_subjects = 25  # Test subjects.
   data.slices_per_subject = 3  # Axial slices per subject, evenly spread over slice_range.
   data.slice_range = (0.45, 0.6)  # Fractions of the target's z extent (0 inferior, 1 superior) to slice.
+  data.slice_select = "range"  # range: spread over slice_range | brain: spread over the slices holding brain (files only).
+  data.min_brain_fraction = 0.5  # brain: a slice holds brain if its tissue area is >= this fraction of the largest slice's.
+  data.exclude_glob = ""  # nifti: per-subject masks (e.g. "*/GT_W.nii*", tumour) of regions scored apart; "" = none.
   data.p_lo = 0.0  # Percentile of all voxels mapped to 0 (0: the minimum, the background).
   data.p_hi = 99.5  # Percentile of the foreground (Otsu) voxels mapped to 1; above is clipped.
-  data.mask = "none"  # none | foreground: zero all but the largest foreground component, holes filled.
+  data.mask = "none"  # none | foreground: zero all but the largest foreground component, holes filled | nonzero: skull-stripped, the brain is the non-zero voxels.
   data.phantom = ml_collections.ConfigDict()  # The embedded phantom's subject variation (lmi_jax/data/phantom.py).
   data.phantom.voxel_mm = 1.5  # Isotropic voxel size of the phantom volumes (the anatomy is 1 mm).
   data.phantom.rotation_deg = 5.0  # Largest random head rotation about each axis.
@@ -111,12 +114,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- sampling / translation (lmi_jax/sampling.py) ---------------------------
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.num_steps = 1000  # Euler-Maruyama steps of the reverse SDE (the authors: 1000).
-  sampling.corrector_steps = 0  # Langevin corrector moves before each step (0: plain Eq. 3).
+  sampling.method = "em"  # em: Euler-Maruyama, the paper's Eq. 3 | heun: EDM's ODE | churn: EDM's stochastic | dpm2m: DPM-Solver++(2M).
+  sampling.num_steps = 1000  # em: Euler-Maruyama steps of the reverse SDE (the authors: 1000); NFE = steps x (1 + corrector_steps) + denoise.
+  sampling.nfe = 35  # heun / churn / dpm2m: network evaluations per sample (heun, churn: odd; 2 per noise level, 1 for the last).
+  sampling.rho = 7.0  # heun / churn / dpm2m: noise levels uniform in sigma^(1/rho) (EDM: 7).
+  sampling.churn = 0.0  # churn: EDM's S_churn, how much noise is re-added before each move (0: the ODE).
+  sampling.s_noise = 1.0  # churn: EDM's S_noise, scale of the re-added noise.
+  sampling.corrector_steps = 0  # em: Langevin corrector moves before each step (0: plain Eq. 3).
   sampling.snr = 0.16  # Langevin corrector signal-to-noise ratio (Song et al.).
   sampling.eps = 1e-3  # Last time of the reverse SDE; the score is singular at t = 0.
-  sampling.denoise = True  # A final Tweedie step E[x(0) | x(eps)] removes the noise left at eps.
-  sampling.sdedit_t0 = 0.4  # SDEdit start time (the authors: step 400 of 1000; for vp signal 0.44, noise 0.90).
+  sampling.denoise = True  # em: a final Tweedie step E[x(0) | x(eps)] removes the noise left at eps (the others always end so).
+  sampling.sdedit_t0 = 0.4  # SDEdit start time (the authors: step 400 of 1000; for vp signal 0.44, noise 0.90); it takes that share of the steps / NFE.
   sampling.guidance_scale = 1.0  # Strength of the LMI guidance in translation.
   sampling.seed = 0  # Sampling noise: key = fold_in(key(config.seed), sampling.seed); change it to redraw.
   sampling.batch_size = 8  # Slices translated per jitted call, split over the local devices.

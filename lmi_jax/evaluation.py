@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
+import ml_collections
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -137,6 +138,31 @@ def fit_kmeans(
   kmeans = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(values[:, None])
   centroids = np.sort(kmeans.cluster_centers_[:, 0])
   return KMeansSegmenter(tuple(float(c) for c in centroids), float(background_threshold))
+
+
+def fit_segmenter(config: ml_collections.ConfigDict, train_target: np.ndarray) -> KMeansSegmenter:
+  """`fit_kmeans` with the settings of the config's `eval` section, on (N, H, W, 1) target
+  training slices only."""
+  return fit_kmeans(
+      train_target, int(config.eval.kmeans_clusters), int(config.seed),
+      background_threshold=float(config.eval.background_threshold),
+      max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
+
+
+def write_segmenter(segmenter: KMeansSegmenter, path: str) -> None:
+  """The segmenter as JSON ({"centroids", "background_threshold"}), written atomically."""
+  atomic_write(path, json.dumps(dataclasses.asdict(segmenter), indent=2).encode("utf-8"))
+
+
+def read_segmenter(path: str) -> KMeansSegmenter:
+  """A segmenter written by `write_segmenter`."""
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+    return KMeansSegmenter(tuple(float(c) for c in stored["centroids"]),
+                           float(stored["background_threshold"]))
+  except (OSError, ValueError, KeyError, TypeError) as exc:
+    raise InputError(f"{path}: not a K-means file ({exc}); delete it to fit it again.") from exc
 
 
 def foreground_mask(segmenter: KMeansSegmenter, images: np.ndarray) -> np.ndarray:
@@ -441,8 +467,10 @@ def format_summary(summary: dict[str, float] | None, decimals: int) -> str:
   return f"{summary['mean']:.{decimals}f} ± {summary['std']:.{decimals}f}"
 
 
-def report_markdown(report: dict) -> str:
-  """A table like the paper's Table 1: a row per metric, a column per method."""
+REGION_TITLES = {"outside_exclude": "Outside the excluded regions (data.exclude_glob, e.g. tumour)"}
+
+
+def _markdown_table(report: dict) -> str:
   names = list(report["methods"])
   lines = [
       "| metric | " + " | ".join(names) + " |",
@@ -451,11 +479,21 @@ def report_markdown(report: dict) -> str:
   for metric in _reported_metrics(report):
     cells = [format_summary(report["methods"][n].get(metric), METRIC_DECIMALS[metric]) for n in names]
     lines.append(f"| {METRIC_TITLES[metric]} | " + " | ".join(cells) + " |")
-  text = "\n".join(lines) + f"\n\n{report['n_slices']} slices; mean ± std across slices.\n"
+  return "\n".join(lines) + "\n"
+
+
+def report_markdown(report: dict) -> str:
+  """A table like the paper's Table 1: a row per metric, a column per method; one more table
+  per entry of report["regions"] (the same methods scored over another region)."""
+  names = list(report["methods"])
+  text = _markdown_table(report) + f"\n{report['n_slices']} slices; mean ± std across slices"
+  text += " (PSNR and SSIM inside the brain).\n" if report.get("masked_metrics") else ".\n"
   if "target_class_means" in report:
     means = [f"{n} {format_class_means(report['methods'][n]['class_means'])}" for n in names]
     text += (f"\nMean intensity per ground-truth class {'/'.join(map(str, report['classes']))}: target "
              f"{format_class_means(report['target_class_means'])}; " + "; ".join(means) + ".\n")
+  for region, sub in report.get("regions", {}).items():
+    text += f"\n{REGION_TITLES.get(region, region)}:\n\n" + _markdown_table(sub)
   return text
 
 

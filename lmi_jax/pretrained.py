@@ -10,6 +10,7 @@ its own.
       --workdir=workdir/phantom_cpu --out=checkpoints/phantom_pd2t1
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ from absl import app, flags
 from flax import serialization
 from ml_collections import config_flags
 
-from lmi_jax import files, train
+from lmi_jax import evaluation, files, train
+from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
 PARAMS_FILE = "ema_params.msgpack"
@@ -67,10 +69,24 @@ def write_model(params: dict, config_path: str, meta: dict, out_dir: str,
 def export(config: ml_collections.ConfigDict, config_path: str, workdir: str,
            out_dir: str, dtype: str = "float32") -> dict:
   """Writes the latest EMA parameters of `workdir` and their config into `out_dir`
-  (`write_model`). Returns the metadata."""
+  (`write_model`), with the K-means fitted on the target training slices (`segmenter`), which
+  `--mode=sample --input=` segments with. Returns the metadata."""
   variables, step = train.restore_ema_params(config, workdir)
-  return write_model(variables["params"], config_path,
-                     {"step": int(step), "source_workdir": os.path.relpath(workdir)}, out_dir, dtype)
+  segmenter = evaluation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
+  meta = {"step": int(step), "source_workdir": os.path.relpath(workdir),
+          "segmenter": dataclasses.asdict(segmenter)}
+  return write_model(variables["params"], config_path, meta, out_dir, dtype)
+
+
+def read_meta(folder: str) -> dict:
+  """The model.json of a shipped model folder."""
+  path = os.path.join(folder, META_FILE)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as exc:
+    raise InputError(f"{path}: missing or not JSON ({exc}); export the model again "
+                     "(python -m lmi_jax.pretrained).") from exc
 
 
 def load(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, int]:
@@ -86,8 +102,7 @@ def load(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, int]:
   with open(path, "rb") as f:
     params = jax.tree.map(lambda p: np.asarray(p, np.float32),
                           serialization.msgpack_restore(f.read()))
-  with open(os.path.join(folder, META_FILE)) as f:
-    step = int(json.load(f)["step"])
+  step = int(read_meta(folder)["step"])
   train.check_params_fit(config, params, where=path,
                          hint=f"use the config it was trained with, {os.path.join(folder, CONFIG_FILE)}")
   return {"params": params}, step

@@ -1,23 +1,42 @@
-"""Reverse-SDE samplers over `jax.lax.scan`, generic over a score function.
+"""Samplers over `jax.lax.scan`, generic over a score function.
 
 `score_fn(x, t) -> score` takes x (B, ...) and t (B,) and is pure in x, so a caller can
-close over anything derived from the current sample (the LMI features of x_t) inside it.
-The samplers are pure too: wrap them in `jax.jit` with the arrays the score function
-closes over passed as jit arguments, and everything compiles once per shape.
+close over anything derived from the current sample (the LMI features of x_t) inside it:
+every sampler here recomputes them at each network evaluation. The samplers are pure too:
+wrap them in `jax.jit` with the arrays the score function closes over passed as jit
+arguments, and everything compiles once per shape.
 
-Time runs on the grid t_0 = t_start > t_1 > ... > t_N = eps (uniform). Step i takes x from
-t_i to t_{i+1}: optionally `corrector_steps` Langevin moves at t_i, then one Euler-Maruyama
-move of the reverse SDE (the paper's Eq. 3). At eps a Tweedie step can remove the noise left.
+`em` (the reference, the paper's Eq. 3): time runs on the grid t_0 = t_start > t_1 > ... >
+t_N = eps (uniform). Step i takes x from t_i to t_{i+1}: optionally `corrector_steps` Langevin
+moves at t_i, then one Euler-Maruyama move of the reverse SDE. At eps a Tweedie step can
+remove the noise left.
+
+`heun`, `churn` and `dpm2m` (few network evaluations) work, as Karras et al. (2022, EDM) do,
+on x / alpha(t) = x(0) + sigma z with sigma = std(t) / alpha(t), through the denoiser
+D(x, sigma) = E[x(0) | x] that the score gives (Tweedie). Noise levels are spaced uniformly in
+sigma^(1/rho) from sigma(t_start) to sigma(eps), and the last move jumps to sigma = 0 by D.
+- heun: the probability-flow ODE dx/dsigma = (x - D) / sigma by Heun's 2nd-order method
+  (EDM's Algorithm 1): 2 evaluations a level, 1 for the last.
+- churn: EDM's stochastic sampler (Algorithm 2): before each Heun move, noise raises sigma by
+  a factor 1 + min(churn / levels, sqrt(2) - 1), then the ODE brings it down.
+- dpm2m: DPM-Solver++(2M) (Lu et al. 2022), a 2nd-order multistep solver of the same ODE in
+  log sigma that reuses the previous level's D: 1 evaluation a level.
 """
 
+import math
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from lmi_jax.errors import InputError
 from lmi_jax.sde import SDE, bcast
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
+ProgressFn = Callable[[jax.Array], None]
+SAMPLERS = ("em", "heun", "churn", "dpm2m")
 
 
 def time_grid(num_steps: int, eps: float, t_start: float) -> jax.Array:
@@ -93,8 +112,8 @@ def initial_state(sde: SDE, key: jax.Array, shape: tuple[int, ...], x_init: jax.
 def em_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Array,
                num_steps: int, *, eps: float = 1e-3, corrector_steps: int = 0,
                snr: float = 0.16, denoise: bool = True, x_init: jax.Array | None = None,
-               t_start: float = 1.0,
-               trajectory_steps: Sequence[int] = ()) -> tuple[jax.Array, jax.Array]:
+               t_start: float = 1.0, trajectory_steps: Sequence[int] = (),
+               progress: ProgressFn | None = None) -> tuple[jax.Array, jax.Array]:
   """Samples x(0) by integrating the reverse SDE from t_start down to eps.
 
   Args:
@@ -112,6 +131,7 @@ def em_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Arr
     t_start: first time of the grid.
     trajectory_steps: static step indices i in [0, num_steps] whose state (after i steps,
       0 = the start) is returned, for notebooks.
+    progress: called on the host with the number of steps done after each step.
 
   Returns:
     The sample (B, ...) and the trajectory (len(trajectory_steps), B, ...).
@@ -121,8 +141,10 @@ def em_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Arr
   ts = time_grid(num_steps, eps, t_start)
 
   def body(x, inputs):
-    t, t_next, k = inputs
-    return reverse_step(score_fn, sde, x, t, t_next, k, corrector_steps, snr), None
+    i, t, t_next, k = inputs
+    x = reverse_step(score_fn, sde, x, t, t_next, k, corrector_steps, snr)
+    _report(progress, i + 1)
+    return x, None
 
   # The scan is cut at the requested steps rather than stacking all num_steps states.
   stops = sorted(set(trajectory_steps) | {num_steps})
@@ -131,8 +153,8 @@ def em_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Arr
   states, start = {}, 0
   for stop in stops:
     if stop > start:
-      x, _ = jax.lax.scan(body, x, (ts[start:stop], ts[start + 1:stop + 1],
-                                    step_keys[start:stop]))
+      x, _ = jax.lax.scan(body, x, (jnp.arange(start, stop), ts[start:stop],
+                                    ts[start + 1:stop + 1], step_keys[start:stop]))
     states[stop], start = x, stop
   if trajectory_steps:
     trajectory = jnp.stack([states[i] for i in trajectory_steps])
@@ -141,3 +163,182 @@ def em_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Arr
   if denoise:
     x = tweedie_denoise(score_fn, sde, x, eps)
   return x, trajectory
+
+
+def _report(progress: ProgressFn | None, done: jax.Array) -> None:
+  """Calls `progress(done)` on the host from inside a traced loop (nothing if None)."""
+  if progress is not None:
+    jax.debug.callback(progress, done)
+
+
+def karras_sigmas(num: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> jax.Array:
+  """(num,) noise levels from sigma_max down to sigma_min, uniform in sigma^(1/rho) (EDM Eq. 5)."""
+  ramp = jnp.linspace(0.0, 1.0, num)
+  lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+  return (hi + ramp * (lo - hi)) ** rho
+
+
+def denoiser(score_fn: ScoreFn, sde: SDE) -> DenoiseFn:
+  """D(x, sigma) = E[x(0) | x(t) / alpha(t) = x] for x (B, ...), scalar sigma = std / alpha.
+
+  The score of x / alpha is alpha times the score of x, so D = x + sigma^2 alpha score(alpha x, t).
+  """
+  def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
+    t = _batch_time(sde.time_of_scaled_std(sigma), x)
+    alpha = bcast(sde.mean_std(t)[0], x)
+    return x + sigma**2 * alpha * score_fn(alpha * x, t)
+  return denoise
+
+
+def heun_step(denoise: DenoiseFn, x: jax.Array, sigma: jax.Array,
+              sigma_next: jax.Array) -> jax.Array:
+  """One Heun move of the probability-flow ODE, x (B, ...) at sigma -> at sigma_next > 0."""
+  slope = (x - denoise(x, sigma)) / sigma
+  x_euler = x + (sigma_next - sigma) * slope
+  slope_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
+  return x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+
+
+def churn_step(denoise: DenoiseFn, x: jax.Array, sigma: jax.Array, sigma_next: jax.Array,
+               key: jax.Array, gamma: float, s_noise: float, sigma_cap: float) -> jax.Array:
+  """EDM's stochastic move: noise x up to sigma (1 + gamma) (at most sigma_cap), then Heun."""
+  sigma_hat = jnp.minimum(sigma * (1.0 + gamma), sigma_cap)
+  noise = jax.random.normal(key, x.shape, x.dtype)
+  x_hat = x + jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0)) * s_noise * noise
+  return heun_step(denoise, x_hat, sigma_hat, sigma_next)
+
+
+def dpm2m_update(x: jax.Array, denoised: jax.Array, denoised_prev: jax.Array,
+                 sigma_prev: jax.Array, sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:
+  """DPM-Solver++(2M) move of x (B, ...) from sigma to sigma_next > 0 given D at sigma and at
+  the previous level sigma_prev (first order when sigma_prev == sigma: no history)."""
+  h = jnp.log(sigma / sigma_next)
+  h_prev = jnp.log(sigma_prev / sigma)
+  # r = h_prev / h; the 2nd-order term vanishes at the first level, where h_prev = 0.
+  weight = jnp.where(h_prev > 0, 0.5 * h / jnp.where(h_prev > 0, h_prev, 1.0), 0.0)
+  blended = (1.0 + weight) * denoised - weight * denoised_prev
+  return (sigma_next / sigma) * x - jnp.expm1(-h) * blended
+
+
+def noise_levels(method: str, nfe: int) -> int:
+  """Noise levels (before the final jump to 0) that `method` visits with `nfe` evaluations."""
+  return (nfe + 1) // 2 if method in ("heun", "churn") else nfe
+
+
+def fast_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Array,
+                 nfe: int, *, method: str = "heun", eps: float = 1e-3, rho: float = 7.0,
+                 churn: float = 0.0, s_noise: float = 1.0, x_init: jax.Array | None = None,
+                 t_start: float = 1.0, progress: ProgressFn | None = None) -> jax.Array:
+  """x(0) by the `heun`, `churn` or `dpm2m` sampler (module docstring) in about `nfe` evaluations.
+
+  Args:
+    score_fn: score(x (B, ...), t (B,)) -> (B, ...) of the SDE's x(t).
+    sde: the forward SDE the score belongs to.
+    shape: (B, ...) of the sample.
+    key: all randomness (the start, and churn's noise).
+    nfe: network evaluations: heun / churn use 2 L - 1 (nfe rounded up to odd), dpm2m L, for
+      L noise levels.
+    eps: the smallest time whose noise level is visited before the jump to 0.
+    rho: the schedule's exponent (EDM: 7).
+    churn: EDM's S_churn (method churn only).
+    s_noise: EDM's S_noise, the scale of churn's added noise.
+    x_init: SDEdit's clean image (B, ...), noised to t_start; None starts from the prior.
+    t_start: time of the first noise level.
+    progress: called on the host with the number of levels done.
+  Returns:
+    (B, ...) the sample.
+  """
+  if method not in SAMPLERS[1:]:
+    raise ValueError(f"fast_sampler: method {method!r} is none of {SAMPLERS[1:]}.")
+  levels = noise_levels(method, nfe)
+  if levels < 1:
+    raise ValueError(f"fast_sampler: nfe={nfe} gives no noise level; use nfe >= 1.")
+  with jax.ensure_compile_time_eval():  # Python floats of the schedule, even under jit.
+    sigma_max = float(sde.scaled_std(jnp.asarray(t_start)))
+    sigma_min = float(sde.scaled_std(jnp.asarray(eps)))
+  sigmas = karras_sigmas(levels, sigma_min, sigma_max, rho)
+  denoise = denoiser(score_fn, sde)
+  init_key, step_keys = split_keys(key, max(levels - 1, 1))
+  if x_init is None:
+    alpha = sde.mean_std(jnp.asarray(t_start))[0]
+    x = sde.prior_sample(init_key, shape) / alpha
+  else:
+    x = x_init + sigma_max * jax.random.normal(init_key, x_init.shape, x_init.dtype)
+  index = jnp.arange(levels - 1)
+  if method == "dpm2m":
+    def body(carry, inputs):
+      x, denoised_prev, sigma_prev = carry
+      i, sigma, sigma_next = inputs
+      denoised = denoise(x, sigma)
+      x = dpm2m_update(x, denoised, denoised_prev, sigma_prev, sigma, sigma_next)
+      _report(progress, i + 1)
+      return (x, denoised, sigma), None
+    (x, _, _), _ = jax.lax.scan(body, (x, jnp.zeros_like(x), sigmas[0]),
+                                (index, sigmas[:-1], sigmas[1:]))
+  else:
+    gamma = min(churn / levels, math.sqrt(2.0) - 1.0) if method == "churn" else 0.0
+
+    def body(x, inputs):
+      i, sigma, sigma_next, k = inputs
+      if gamma > 0:
+        x = churn_step(denoise, x, sigma, sigma_next, k, gamma, s_noise, sigma_max)
+      else:
+        x = heun_step(denoise, x, sigma, sigma_next)
+      _report(progress, i + 1)
+      return x, None
+    x, _ = jax.lax.scan(body, x, (index, sigmas[:-1], sigmas[1:], step_keys[:levels - 1]))
+  x = denoise(x, sigmas[-1])
+  _report(progress, jnp.asarray(levels))
+  return x
+
+
+def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raise InputError naming the first `sampling.*` key with an unusable value."""
+  def require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+      raise InputError(f"sampling.{key}={cfg[key]!r}: {what}.")
+  require(cfg.method in SAMPLERS, "method", f"choose one of {SAMPLERS}")
+  require(cfg.num_steps >= 1, "num_steps", "use at least 1 step")
+  require(cfg.corrector_steps >= 0, "corrector_steps", "use 0 or more corrector moves")
+  require(cfg.nfe >= 1, "nfe", "use at least 1 network evaluation")
+  require(0.0 < cfg.eps < 1.0, "eps", "use a time in (0, 1)")
+  require(0.0 < cfg.sdedit_t0 <= 1.0, "sdedit_t0", "use a time in (0, 1]")
+  require(cfg.rho > 0, "rho", "use a positive exponent")
+  require(cfg.churn >= 0, "churn", "use 0 (none) or more")
+
+
+def steps_for(cfg: ml_collections.ConfigDict, t_start: float = 1.0) -> int:
+  """Steps (em) or network evaluations (others) of a run from t_start: SDEdit's shorter span
+  from t_start < 1 keeps em's step size and takes that share of the others' evaluations."""
+  full = int(cfg.num_steps) if cfg.method == "em" else int(cfg.nfe)
+  return max(1, round(full * t_start))
+
+
+def network_evaluations(cfg: ml_collections.ConfigDict, t_start: float = 1.0) -> int:
+  """Score-network evaluations per sample of the configured sampler from t_start."""
+  steps = steps_for(cfg, t_start)
+  if cfg.method == "em":
+    return steps * (1 + int(cfg.corrector_steps)) + int(bool(cfg.denoise))
+  levels = noise_levels(cfg.method, steps)
+  return 2 * levels - 1 if cfg.method in ("heun", "churn") else levels
+
+
+def progress_total(cfg: ml_collections.ConfigDict, t_start: float = 1.0) -> int:
+  """The last count a sampler's `progress` receives: em's steps, or the others' noise levels."""
+  steps = steps_for(cfg, t_start)
+  return steps if cfg.method == "em" else noise_levels(cfg.method, steps)
+
+
+def sample(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Array,
+           cfg: ml_collections.ConfigDict, *, x_init: jax.Array | None = None,
+           t_start: float = 1.0, progress: ProgressFn | None = None) -> jax.Array:
+  """x(0) (B, ...) by the sampler the `sampling` config section names (`method`)."""
+  steps = steps_for(cfg, t_start)
+  if cfg.method == "em":
+    return em_sampler(score_fn, sde, shape, key, steps, eps=float(cfg.eps),
+                      corrector_steps=int(cfg.corrector_steps), snr=float(cfg.snr),
+                      denoise=bool(cfg.denoise), x_init=x_init, t_start=t_start,
+                      progress=progress)[0]
+  return fast_sampler(score_fn, sde, shape, key, steps, method=cfg.method, eps=float(cfg.eps),
+                      rho=float(cfg.rho), churn=float(cfg.churn), s_noise=float(cfg.s_noise),
+                      x_init=x_init, t_start=t_start, progress=progress)

@@ -40,6 +40,15 @@ class SDE(abc.ABC):
   def drift_diffusion(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """f(x, t) (B, ...) and g(t) (B,) for x (B, ...) and t (B,)."""
 
+  def scaled_std(self, t: jax.Array) -> jax.Array:
+    """sigma(t) = std(t) / alpha(t): the noise level of x(t) / alpha(t) = x(0) + sigma(t) z."""
+    alpha, std = self.mean_std(t)
+    return std / alpha
+
+  @abc.abstractmethod
+  def time_of_scaled_std(self, sigma: jax.Array) -> jax.Array:
+    """The inverse of `scaled_std`: the time t at which std(t) / alpha(t) = sigma (elementwise)."""
+
   def marginal(self, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean (B, ...) and std (B,) of x(t) given x(0) = x0 (B, ...), t (B,)."""
     alpha, std = self.mean_std(t)
@@ -78,6 +87,9 @@ class VESDE(SDE):
   def mean_std(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.ones_like(t), self.sigma(t)
 
+  def time_of_scaled_std(self, sigma: jax.Array) -> jax.Array:
+    return jnp.log(sigma / self.sigma_min) / jnp.log(self.sigma_max / self.sigma_min)
+
   def drift_diffusion(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     log_ratio = jnp.log(self.sigma_max / self.sigma_min)
     return jnp.zeros_like(x), self.sigma(t) * jnp.sqrt(2.0 * log_ratio)
@@ -105,6 +117,12 @@ class VPSDE(SDE):
     log_alpha = -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
     # -expm1 keeps std accurate at small t, where 1 - alpha^2 cancels in float32.
     return jnp.exp(log_alpha), jnp.sqrt(-jnp.expm1(2.0 * log_alpha))
+
+  def time_of_scaled_std(self, sigma: jax.Array) -> jax.Array:
+    # -log alpha = log(1 + sigma^2) / 2 = a t^2 + b t, solved for t >= 0 (stable form).
+    a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
+    c = 0.5 * jnp.log1p(sigma**2)
+    return 2.0 * c / (b + jnp.sqrt(b**2 + 4.0 * a * c))
 
   def drift_diffusion(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     beta = self.beta(t)

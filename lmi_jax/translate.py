@@ -16,6 +16,7 @@ the same shape. They share one signature, `method(context, source, key)`, and on
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -46,43 +47,80 @@ class Context:
   config: ml_collections.ConfigDict
   target_reference: np.ndarray  # (M,) pooled target training intensities, for histmatch
   step: int = 0  # Training step of the parameters.
+  progress: sampling.ProgressFn | None = None  # Host callback of the sampler's steps.
+
+
+class StepProgress:
+  """Progress lines of a batched translation, fed by the sampler's host callback.
+
+  Every device reports each step; a line is written for the first step, the last, and at
+  most one per `every_s` seconds between, with the share done and an estimate of the time
+  left over all batches (compilation counts in the first batch's time).
+  """
+
+  def __init__(self, name: str, steps: int, batches: int, every_s: float = 15.0):
+    self._name, self._steps, self._batches, self._every = name, steps, batches, every_s
+    self._start = time.time()
+    self._batch, self._done, self._last = 0, 0, -np.inf
+    self._lock = threading.Lock()
+
+  def start_batch(self, batch: int) -> None:
+    with self._lock:
+      self._batch, self._done = batch, 0
+
+  def __call__(self, done: np.ndarray) -> None:
+    done, now = int(done), time.time()
+    with self._lock:
+      if done <= self._done:
+        return
+      self._done = done
+      if done != 1 and done != self._steps and now - self._last < self._every:
+        return
+      self._last = now
+      share = (self._batch + done / self._steps) / self._batches
+      elapsed = now - self._start
+      logging.info("%s: batch %d/%d, step %d/%d (%.0f%% of all), %.0f s elapsed, about %.0f s left",
+                   self._name, self._batch + 1, self._batches, done, self._steps, 100 * share,
+                   elapsed, elapsed / share * (1 - share))
 
 
 def lmi_sample(ctx: Context, source: jax.Array, key: jax.Array,
                trajectory_steps: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
-  """LMI-guided translation of (B, H, W, 1) sources: the sample and its trajectory."""
+  """LMI-guided translation of (B, H, W, 1) sources by `sampling.method`: the sample, and
+  (method em only) the states after the given steps, (len(trajectory_steps), B, H, W, 1)."""
   cfg = ctx.config.sampling
   score = lmi_score(ctx.model, ctx.variables, ctx.sde, ctx.lmi_cfg, source,
                     scale_by_sigma=ctx.config.model.scale_by_sigma,
                     guidance_scale=float(cfg.guidance_scale))
+  if not trajectory_steps:
+    x = sampling.sample(score, ctx.sde, source.shape, key, cfg, progress=ctx.progress)
+    return x, jnp.zeros((0, *x.shape), x.dtype)
+  if cfg.method != "em":
+    raise InputError(f"sampling.method={cfg.method!r}: a trajectory is kept by 'em' only.")
   return sampling.em_sampler(
       score, ctx.sde, source.shape, key, int(cfg.num_steps), eps=float(cfg.eps),
       corrector_steps=int(cfg.corrector_steps), snr=float(cfg.snr),
-      denoise=bool(cfg.denoise), trajectory_steps=trajectory_steps)
+      denoise=bool(cfg.denoise), trajectory_steps=trajectory_steps, progress=ctx.progress)
 
 
 def sdedit_sample(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
-  """SDEdit: the source perturbed to t0, then the unconditional reverse SDE to eps."""
+  """SDEdit: the source perturbed to t0, then the unconditional sampler down to 0."""
   cfg = ctx.config.sampling
-  t0 = float(cfg.sdedit_t0)
-  # Keep the step size of the full sampler over the shorter span [eps, t0].
-  steps = max(1, round(int(cfg.num_steps) * t0))
   score = unconditional_score(ctx.model, ctx.variables, ctx.sde, len(ctx.lmi_cfg.features),
                               scale_by_sigma=ctx.config.model.scale_by_sigma)
-  out, _ = sampling.em_sampler(
-      score, ctx.sde, source.shape, key, steps, eps=float(cfg.eps),
-      corrector_steps=int(cfg.corrector_steps), snr=float(cfg.snr),
-      denoise=bool(cfg.denoise), x_init=source, t_start=t0)
-  return out
+  return sampling.sample(score, ctx.sde, source.shape, key, cfg, x_init=source,
+                         t_start=float(cfg.sdedit_t0), progress=ctx.progress)
 
 
 def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
-                ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+                ctx: Context, source: np.ndarray, key: jax.Array, name: str,
+                t_start: float = 1.0) -> np.ndarray:
   """Runs a sampling method over (N, H, W, 1) sources in batches, pmapped over devices.
 
   Each batch (`sampling.batch_size` slices) is split across the local devices with a
   key each from fold_in(key, b); the last batch is padded by repeating its final slice
-  and cropped.
+  and cropped. Progress lines (`StepProgress`) name the method `name`; t_start is where
+  its sampler starts (SDEdit's t0), which sets its step count.
   """
   devices = jax.local_device_count()
   # As few batches as `sampling.batch_size` allows, of equal size: padding a short last
@@ -92,11 +130,13 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   batch = per_device * devices
   # Parameters go in as a broadcast argument rather than as constants baked into the
   # compiled program, which would make compilation slow for large models.
-  run = jax.pmap(lambda variables, src, k: fn(dataclasses.replace(ctx, variables=variables), src, k),
-                 in_axes=(None, 0, 0))
-  outputs, start_time = [], time.time()
   num_batches = -(-len(source) // batch)  # Rounding per_device up may need fewer.
+  progress = StepProgress(name, sampling.progress_total(ctx.config.sampling, t_start), num_batches)
+  run = jax.pmap(lambda variables, src, k: fn(
+      dataclasses.replace(ctx, variables=variables, progress=progress), src, k), in_axes=(None, 0, 0))
+  outputs, start_time = [], time.time()
   for b in range(num_batches):
+    progress.start_batch(b)
     chunk = source[b * batch:(b + 1) * batch]
     valid = len(chunk)
     if valid < batch:
@@ -106,7 +146,7 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
               keys)
     outputs.append(np.asarray(out).reshape(batch, *chunk.shape[1:])[:valid])
     elapsed = time.time() - start_time
-    logging.info("%s: batch %d/%d done, %.1f s elapsed, about %.0f s left", fn.__name__,
+    logging.info("%s: batch %d/%d done, %.1f s elapsed, about %.0f s left", name,
                  b + 1, num_batches, elapsed, elapsed / (b + 1) * (num_batches - b - 1))
   return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)
 
@@ -117,15 +157,18 @@ def lmi_translation(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Arra
 
 
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
-  return _per_device(lmi_translation, ctx, source, key)
+  return _per_device(lmi_translation, ctx, source, key, "lmi")
 
 
 def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
-  return _per_device(sdedit_sample, ctx, source, key)
+  return _per_device(sdedit_sample, ctx, source, key, "sdedit",
+                     t_start=float(ctx.config.sampling.sdedit_t0))
 
 
 def translate_histmatch(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
   del key
+  if ctx.target_reference.size == 0:
+    raise InputError("histmatch needs the target training slices (data.root); none were loaded.")
   reference = ctx.target_reference.reshape(1, -1)  # match_histograms wants equal ranks.
   matched = [exposure.match_histograms(s[..., 0], reference) for s in source]
   return np.clip(np.stack(matched)[..., None], 0.0, 1.0).astype(np.float32)
@@ -144,28 +187,39 @@ METHODS = {
 }
 
 
-def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
-  """EMA parameters of the latest checkpoint in `workdir`, else of the shipped model.
+def shipped_folder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+  """The shipped model folder used instead of `workdir`'s checkpoints, or None.
 
   The shipped model (`sampling.pretrained`, a path relative to the working directory or
   to the repository) is used only when the workdir holds no checkpoint of its own.
   """
   if train.latest_step(workdir) is not None or not config.sampling.pretrained:
-    return train.restore_ema_params(config, workdir)
+    return None
   folder = config.sampling.pretrained
   if not os.path.isabs(folder) and not os.path.isdir(folder):
     folder = os.path.join(_REPOSITORY, folder)
+  return folder
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
+  """EMA parameters of the latest checkpoint in `workdir`, else of the shipped model
+  (`shipped_folder`)."""
+  folder = shipped_folder(config, workdir)
+  if folder is None:
+    return train.restore_ema_params(config, workdir)
   variables, step = pretrained.load(config, folder)
   logging.warning("%s holds no checkpoint: using the shipped model %s (training step %d).",
                   workdir, folder, step)
   return variables, step
 
 
-def make_context(config: ml_collections.ConfigDict, workdir: str, train_target: np.ndarray,
-                 with_model: bool = True) -> Context:
-  """The shared settings and, unless `with_model` is False, the restored model (`load_model`)."""
+def make_context(config: ml_collections.ConfigDict, workdir: str,
+                 train_target: np.ndarray | None, with_model: bool = True) -> Context:
+  """The shared settings and, unless `with_model` is False, the restored model (`load_model`).
+  `train_target` (N, H, W, 1) gives histmatch its reference; None leaves histmatch without."""
+  sampling.check_sampling_config(config.sampling)
   rng = np.random.default_rng(int(config.seed))
-  pooled = train_target.reshape(-1)
+  pooled = np.zeros((0,), np.float32) if train_target is None else train_target.reshape(-1)
   # A sample of the pooled histogram is as good a reference as all of it, and cheaper.
   reference = rng.choice(pooled, size=min(pooled.size, 200_000), replace=False)
   ctx = Context(model=None, variables={}, sde=sde_from_config(config.sde),
@@ -205,25 +259,75 @@ def select_split(data: dict, name: str, max_slices: int) -> dict[str, np.ndarray
   return split
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | None = None) -> str:
-  """`--mode=sample`: translates the test split, or the volume at `input_path`, with `lmi`.
+SEGMENTER_FILE = "segmenter.json"
 
-  Returns the path of what was written: WORKDIR/samples/<split>.npz and .png, or
-  WORKDIR/samples/<input name>_translated.nii.gz.
+
+def stored_segmenter(config: ml_collections.ConfigDict, workdir: str) -> evaluation.KMeansSegmenter:
+  """The K-means that goes with the model: stored in the shipped model's model.json, or in
+  WORKDIR/segmenter.json; fitted on the target training slices (and saved there) if absent."""
+  folder = shipped_folder(config, workdir)
+  if folder is not None:
+    stored = pretrained.read_meta(folder).get("segmenter")
+    if stored:
+      return evaluation.KMeansSegmenter(tuple(stored["centroids"]), stored["background_threshold"])
+  path = os.path.join(workdir, SEGMENTER_FILE)
+  if os.path.isfile(path):
+    return evaluation.read_segmenter(path)
+  logging.info("No stored K-means for this model: fitting it on the target training slices.")
+  segmenter = evaluation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
+  evaluation.write_segmenter(segmenter, path)
+  return segmenter
+
+
+def translate_volume(config: ml_collections.ConfigDict, workdir: str,
+                     input_path: str) -> tuple[str, str]:
+  """`--mode=sample --input=`: the axial slices of a volume that hold brain, translated with
+  `lmi`, written back on its grid, and segmented by the model's K-means (`stored_segmenter`).
+
+  Needs only the model, not the data set (unless a K-means must be fitted once). With
+  data.mask="nonzero" (skull-stripped input) the output is zero outside the input's brain.
+
+  Returns:
+    The paths of WORKDIR/samples/<name>_translated.nii.gz (float32, the target contrast in
+    [0, 1]) and <name>_segmentation.nii.gz (uint8: 0 background, 1..k tissue classes by
+    ascending intensity, for T1w 1 CSF, 2 GM, 3 WM).
   """
+  slices, geometry = nifti.load_slices(input_path, config.data, brain_only=True)
+  logging.info("%s: translating the %d axial slices that hold brain.", input_path, len(slices))
+  ctx = make_context(config, workdir, None)
+  segmenter = stored_segmenter(config, workdir)
+  translated = translate_lmi(ctx, slices, sampling_key(config))
+  translated = inside_source_brain(config, slices, translated)
+  name = os.path.basename(input_path).split(".nii")[0]
   out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
+  out_path = os.path.join(out_dir, f"{name}_translated.nii.gz")
+  seg_path = os.path.join(out_dir, f"{name}_segmentation.nii.gz")
+  if config.data.mask == "nonzero":
+    brain = nifti.read_like_file(input_path) != 0
+    volume = nifti.write_translation(translated[..., 0], geometry, out_path, keep=brain)
+    foreground = brain & (volume > 0)
+  else:
+    volume = nifti.write_translation(translated[..., 0], geometry, out_path)
+    foreground = volume > segmenter.background_threshold
+  labels = evaluation.segment(segmenter, volume[..., None], foreground)
+  nifti.write_like(labels, input_path, seg_path, np.uint8)
+  logging.info("Wrote %s and %s (%d slices translated).", out_path, seg_path, len(slices))
+  return out_path, seg_path
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | None = None) -> str:
+  """`--mode=sample`: translates the volume at `input_path` (`translate_volume`), or the
+  `eval.split` of the data set, with `lmi`.
+
+  Returns the path of the translation written: WORKDIR/samples/<input name>_translated.nii.gz,
+  or WORKDIR/samples/<split>.npz (with a .png beside it).
+  """
+  if input_path:
+    return translate_volume(config, workdir, input_path)[0]
+  out_dir = os.path.join(workdir, "samples")
   key = sampling_key(config)
   data = load_dataset(config, workdir)
   ctx = make_context(config, workdir, data["train"]["target"])
-  if input_path:
-    slices, geometry = nifti.load_slices(input_path, config.data)
-    translated = translate_lmi(ctx, slices, key)
-    name = os.path.basename(input_path).split(".nii")[0]
-    out_path = os.path.join(out_dir, f"{name}_translated.nii.gz")
-    nifti.write_translation(translated[..., 0], geometry, out_path)
-    logging.info("Wrote %s (%d slices).", out_path, len(translated))
-    return out_path
   split = select_split(data, config.eval.split, int(config.eval.max_slices))
   translated = translate_lmi(ctx, split["source"], key)
   base = os.path.join(out_dir, config.eval.split)
@@ -233,15 +337,6 @@ def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | No
                         "target": split["target"]}, base + ".png")
   logging.info("Wrote %s.npz and %s.png (%d slices).", base, base, len(translated))
   return base + ".npz"
-
-
-def fit_segmenter(config: ml_collections.ConfigDict,
-                  train_target: np.ndarray) -> evaluation.KMeansSegmenter:
-  """K-means of the `eval` section, fitted on (N, H, W, 1) target training slices only."""
-  return evaluation.fit_kmeans(
-      train_target, int(config.eval.kmeans_clusters), int(config.seed),
-      background_threshold=float(config.eval.background_threshold),
-      max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
 
 
 def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tuple[str, ...],
@@ -255,10 +350,18 @@ def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tupl
     data = load_dataset(config, workdir)
   split = select_split(data, config.eval.split, int(config.eval.max_slices))
   train_target = data["train"]["target"]
-  segmenter = fit_segmenter(config, train_target)
+  segmenter = evaluation.fit_segmenter(config, train_target)
   needs_model = any(m in ("lmi", "sdedit") for m in methods)
   ctx = make_context(config, workdir, train_target, with_model=needs_model)
   return split, segmenter, ctx
+
+
+def inside_source_brain(config: ml_collections.ConfigDict, source: np.ndarray,
+                        translated: np.ndarray) -> np.ndarray:
+  """For skull-stripped sources (data.mask="nonzero"), the (N, H, W, 1) translation zeroed
+  outside the source's brain: the output has the input's background."""
+  brain = brain_region(config, source)
+  return translated if brain is None else translated * brain[..., None]
 
 
 def run_methods(ctx: Context, methods: tuple[str, ...],
@@ -271,19 +374,36 @@ def run_methods(ctx: Context, methods: tuple[str, ...],
   outputs, seconds = {}, {}
   for index, name in enumerate(methods):
     start = time.time()
-    outputs[name] = METHODS[name](ctx, source, jax.random.fold_in(key, index))
+    outputs[name] = inside_source_brain(
+        ctx.config, source, METHODS[name](ctx, source, jax.random.fold_in(key, index)))
     seconds[name] = time.time() - start
     logging.info("%s: %d slices in %.1f s", name, len(source), seconds[name])
   return outputs, seconds
 
 
+def brain_region(config: ml_collections.ConfigDict, images: np.ndarray) -> np.ndarray | None:
+  """(N, H, W) bool brain of skull-stripped (N, H, W, 1) slices (data.mask="nonzero": the
+  non-zero pixels), else None (no brain mask: the whole image counts)."""
+  return images[..., 0] > 0 if config.data.mask == "nonzero" else None
+
+
 def score_split(config: ml_collections.ConfigDict, outputs: dict[str, np.ndarray],
                 split: dict[str, np.ndarray], segmenter: evaluation.KMeansSegmenter) -> dict:
-  """`evaluation.evaluate_methods` on a split, with ground-truth Dice where labels fit."""
+  """`evaluation.evaluate_methods` on a split, with ground-truth Dice where labels fit.
+
+  Skull-stripped data (data.mask="nonzero") are scored inside the target's brain; a split with
+  "exclude" masks (data.exclude_glob) is scored once more outside them, in report["regions"].
+  """
   labels = split.get("labels")
   if labels is not None and labels.max() != int(config.eval.kmeans_clusters):
     labels = None  # Ground-truth classes only compare with K-means when the counts match.
-  report = evaluation.evaluate_methods(outputs, split["target"], segmenter, labels=labels)
+  brain = brain_region(config, split["target"])
+  report = evaluation.evaluate_methods(outputs, split["target"], segmenter, labels=labels,
+                                       mask=brain)
+  if "exclude" in split:
+    region = evaluation.foreground_mask(segmenter, split["target"]) if brain is None else brain
+    report["regions"] = {"outside_exclude": evaluation.evaluate_methods(
+        outputs, split["target"], segmenter, labels=labels, mask=region & ~split["exclude"])}
   report["split"] = config.eval.split
   return report
 
@@ -300,7 +420,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = score_split(config, outputs, split, segmenter)
   out_dir = os.path.join(workdir, "eval")
   evaluation.write_report(report, out_dir)
+  brain = brain_region(config, split["target"])
+  # Skull-stripped splits start and end with small slices: show the one with the most brain.
+  index = 0 if brain is None else int(np.argmax(brain.sum((1, 2))))
   evaluation.plot_comparison(split["target"], split["source"], outputs, segmenter,
-                             os.path.join(out_dir, "comparison.png"))
+                             os.path.join(out_dir, "comparison.png"), index=index, mask=brain)
   logging.info("Wrote %s/report.{json,md,csv} and comparison.png.", out_dir)
   return report

@@ -8,7 +8,8 @@ in addition to the training and test subjects: the defaults 100 / 10 / 25 keep t
 subjects as the split asks for; subject i is `phantom_subject(subject_seed(data.seed, i), ...)`.
 
 Per subject: the target volume fixes the grid; data.slices_per_subject axial slices are spread
-over data.slice_range of its z extent. Each volume is normalised to [0, 1] on its own grid
+over data.slice_range of its z extent, or (data.slice_select="brain", files only) over the
+slices whose brain area is at least data.min_brain_fraction of the largest slice's. Each volume is normalised to [0, 1] on its own grid
 (lmi_jax.data.slices.normalize); a source on another grid is resampled onto the target's slices
 (lmi_jax.data.nifti). The phantom simulates only the slab of axial slices that holds the
 chosen ones and normalises on that slab. The result is cached as workdir/cache/<hash>.npz, the
@@ -31,8 +32,9 @@ from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
 
 DATASETS = ("phantom", "ixi", "nifti")
+SLICE_SELECTS = ("range", "brain")
 SPLITS = ("train", "val", "test")
-_VERSION = 1  # Bump whenever the pipeline's output changes, so stale caches are not reused.
+_VERSION = 2  # Bump whenever the pipeline's output changes, so stale caches are not reused.
 _PROGRESS_EVERY = (10, 30.0)  # A progress line after this many subjects or seconds, whichever first.
 _MIN_COVERAGE = 0.95  # Share of a target slice's foreground the source must cover.
 
@@ -52,6 +54,8 @@ def check_data_config(data: ml_collections.ConfigDict) -> None:
   require(0.0 <= lo <= hi <= 1.0, "slice_range", "give (lo, hi) with 0 <= lo <= hi <= 1")
   require(0.0 <= data.p_lo < data.p_hi <= 100.0, "p_hi", "need 0 <= data.p_lo < data.p_hi <= 100")
   require(data.mask in slicing.MASKS, "mask", f"choose one of {slicing.MASKS}")
+  require(data.slice_select in SLICE_SELECTS, "slice_select", f"choose one of {SLICE_SELECTS}")
+  require(0.0 < data.min_brain_fraction <= 1.0, "min_brain_fraction", "use a fraction in (0, 1]")
   require(data.missing in ("error", "skip"), "missing", "choose 'error' or 'skip'")
   require(data.num_test_subjects >= 0, "num_test_subjects", "use a count >= 0")
   require(data.num_val_subjects >= 0, "num_val_subjects", "use a count >= 0")
@@ -59,6 +63,8 @@ def check_data_config(data: ml_collections.ConfigDict) -> None:
     require(data.num_train_subjects >= 0, "num_train_subjects", "the phantom needs a count >= 0")
     for role in ("source", "target"):
       require(data[role] in phantom.CONTRASTS, role, f"the phantom has {phantom.CONTRASTS}")
+    require(data.slice_select == "range", "slice_select", "the phantom simulates a slab: use 'range'")
+    require(not data.exclude_glob, "exclude_glob", "the phantom has no masks to exclude: use ''")
   else:
     require(data.num_train_subjects >= -1, "num_train_subjects",
             "use a count >= 0, or -1 for all the rest")
@@ -106,18 +112,41 @@ def _phantom_subjects(data: ml_collections.ConfigDict) -> tuple[list[Subject], l
   return [(i, f"phantom{i}", lambda i=i: pair(i)) for i in range(total)], []
 
 
+def choose_slices(target: np.ndarray, data: ml_collections.ConfigDict, name: str) -> np.ndarray:
+  """The target's axial indices to take, by data.slice_select (see the module docstring)."""
+  if data.slice_select == "brain":
+    return slicing.brain_slices(slicing.brain(target, data.mask), data.slices_per_subject,
+                                data.min_brain_fraction, name)
+  return slicing.slice_indices(target.shape[2], data.slice_range, data.slices_per_subject)
+
+
+def _load_exclude(path: str, target_shape: tuple[int, ...], target_affine: np.ndarray) -> np.ndarray:
+  """The (X, Y, Z) bool mask of `path` (non-zero voxels), required on the target's grid."""
+  mask, affine = nifti.load_volume(path, allow_constant=True)
+  if not nifti.same_grid(mask.shape, affine, target_shape, target_affine):
+    raise InputError(f"{path}: grid {mask.shape} does not match its target's {tuple(target_shape)} "
+                     "(or the affines differ); data.exclude_glob masks must lie on the target's grid.")
+  return mask != 0
+
+
 def _file_subjects(data: ml_collections.ConfigDict) -> tuple[list[Subject], list]:
   found = nifti.ixi_pairs(data) if data.dataset == "ixi" else nifti.glob_pairs(data)
+  excludes = nifti.exclude_paths(data, [name for _, name, _, _ in found])
 
-  def pair(source_path: str, target_path: str) -> Pair:
+  def pair(name: str, source_path: str, target_path: str) -> Pair:
     source, source_affine = nifti.load_volume(source_path)
     target, target_affine = nifti.load_volume(target_path)
-    indices = slicing.slice_indices(target.shape[2], data.slice_range, data.slices_per_subject)
-    return {"source": source, "target": target, "source_affine": source_affine,
-            "target_affine": target_affine, "indices": indices,
-            "source_name": source_path, "target_name": target_path}
-  subjects = [(i, name, lambda s=s, t=t: pair(s, t)) for i, name, s, t in found]
-  fingerprint = [[p, os.path.getsize(p), os.path.getmtime(p)] for _, _, s, t in found for p in (s, t)]
+    nifti.check_skull_stripped(source, source_path, data)
+    nifti.check_skull_stripped(target, target_path, data)
+    out = {"source": source, "target": target, "source_affine": source_affine,
+           "target_affine": target_affine, "indices": choose_slices(target, data, target_path),
+           "source_name": source_path, "target_name": target_path}
+    if name in excludes:
+      out["exclude"] = _load_exclude(excludes[name], target.shape, target_affine)
+    return out
+  subjects = [(i, name, lambda n=name, s=s, t=t: pair(n, s, t)) for i, name, s, t in found]
+  paths = [p for _, _, s, t in found for p in (s, t)] + sorted(excludes.values())
+  fingerprint = [[p, os.path.getsize(p), os.path.getmtime(p)] for p in paths]
   return subjects, fingerprint
 
 
@@ -127,16 +156,17 @@ def pair_slices(pair: Pair, data: ml_collections.ConfigDict) -> dict[str, np.nda
   Args:
     pair: "source", "target" volumes with their "source_affine", "target_affine"; "indices" of
       the target's axial slices to take; "source_name", "target_name" for messages; "labels"
-      (on the target grid) if known.
+      and "exclude" (bool) on the target grid if known.
 
   Returns:
-    "source", "target": (S, H, W, 1) float32 in [0, 1]; "labels": (S, H, W) int32 if the pair
-    has labels; S = data.slices_per_subject, H = W = data.image_size.
+    "source", "target": (S, H, W, 1) float32 in [0, 1]; "labels": (S, H, W) int32 and
+    "exclude": (S, H, W) bool if the pair has them; S = data.slices_per_subject,
+    H = W = data.image_size.
   """
   target, target_affine = pair["target"], pair["target_affine"]
   source, source_affine = pair["source"], pair["source_affine"]
   indices = pair["indices"]
-  head = slicing.foreground(target)[:, :, indices]
+  head = slicing.brain(target, data.mask)[:, :, indices]
   empty = [int(z) for z, n in zip(indices, head.sum((0, 1))) if n < 0.01 * head[..., 0].size]
   if empty:
     raise InputError(f"{pair['target_name']}: axial slices {empty} hold no anatomy; move "
@@ -166,6 +196,8 @@ def pair_slices(pair: Pair, data: ml_collections.ConfigDict) -> dict[str, np.nda
   if "labels" in pair:
     labels = pair["labels"].astype(np.int32)
     out["labels"] = slicing.volume_to_slices(labels, spacing, size, indices, order=0)
+  if "exclude" in pair:
+    out["exclude"] = slicing.volume_to_slices(pair["exclude"], spacing, size, indices, order=0)
   return out
 
 
@@ -184,6 +216,8 @@ def _build_split(subjects: Sequence[Subject], data: ml_collections.ConfigDict,
            "target": np.zeros((0, size, size, 1), np.float32), "subject": np.zeros((0,), np.int32)}
   if data.dataset == "phantom":
     empty["labels"] = np.zeros((0, size, size), np.int32)
+  if data.exclude_glob:
+    empty["exclude"] = np.zeros((0, size, size), bool)
   return empty
 
 
@@ -219,7 +253,7 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
   Returns:
     {"train", "val", "test"} -> {"source", "target": (N, H, W, 1) float32 in [0, 1],
     "labels": (N, H, W) int32 (0 background, 1 CSF, 2 GM, 3 WM; phantom only),
-    "subject": (N,) int32}. source / target are the modalities data.source / data.target.
+    "exclude": (N, H, W) bool (data.exclude_glob only), "subject": (N,) int32}. source / target are the modalities data.source / data.target.
   """
   data = config.data
   check_data_config(data)

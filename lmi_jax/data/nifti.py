@@ -55,13 +55,15 @@ def _spatial_shape(image: nib.Nifti1Image, path: str) -> tuple[int, int, int]:
   return shape
 
 
-def load_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
+def load_volume(path: str, allow_constant: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """A 3D NIfTI volume in canonical RAS orientation, checked.
 
+  Args:
+    allow_constant: accept a volume whose voxels are all equal (a mask with nothing marked).
   Returns:
     volume (X, Y, Z) float32 and its (4, 4) affine (mm).
   Raises:
-    InputError: missing, unreadable, not 3D, NaN/Inf voxels or all voxels equal.
+    InputError: missing, unreadable, not 3D, NaN/Inf voxels or (unless allowed) all voxels equal.
   """
   image = _open(path)
   shape = _spatial_shape(image, path)
@@ -73,7 +75,7 @@ def load_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
   bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
   if bad:
     raise InputError(f"{path}: {bad} NaN/Inf voxels; replace them (e.g. by 0) before use.")
-  if data.size == 0 or data.min() == data.max():
+  if data.size == 0 or (data.min() == data.max() and not allow_constant):
     raise InputError(f"{path}: empty volume (every voxel is {data.min() if data.size else 'absent'}); "
                      "check that the right file was given.")
   ornt = orientations.io_orientation(image.affine)  # Array axes -> RAS, flips and permutations.
@@ -205,6 +207,28 @@ def glob_pairs(data: ml_collections.ConfigDict) -> list[tuple[int, str, str, str
   return [(i, n, *pairs[n]) for i, n in enumerate(sorted(pairs))]
 
 
+def exclude_paths(data: ml_collections.ConfigDict, names: Sequence[str]) -> dict[str, str]:
+  """The data.exclude_glob mask file of each subject name ({} when the key is empty).
+
+  Subjects are named as `glob_pairs` names them, by what the wildcards match.
+  Raises InputError for a subject without exactly one mask.
+  """
+  if not data.exclude_glob:
+    return {}
+  root = _require_root(data)
+  found: dict[str, list[str]] = {}
+  for path in sorted(glob.glob(os.path.join(root, data.exclude_glob))):
+    name = _subject_name(os.path.relpath(path, root), data.exclude_glob)
+    if name is not None:
+      found.setdefault(name, []).append(path)
+  for name in names:
+    if len(found.get(name, [])) != 1:
+      what = "no file" if name not in found else f"{len(found[name])} files"
+      raise InputError(f"data.exclude_glob={data.exclude_glob!r}: {what} for subject {name!r} under "
+                       f"{root}; give every subject one mask, or set data.exclude_glob=''.")
+  return {name: found[name][0] for name in names}
+
+
 def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int],
               affine_b: np.ndarray) -> bool:
   """Whether two volumes share shape and affine (to 1e-3 mm)."""
@@ -298,26 +322,69 @@ class SliceGeometry:
   indices: tuple[int, ...]
 
 
+_MIN_ZERO_SHARE = 0.1  # A skull-stripped scan has at least this share of voxels exactly 0.
+
+
+def check_skull_stripped(volume: np.ndarray, path: str, data: ml_collections.ConfigDict) -> None:
+  """With data.mask="nonzero", raise InputError unless `volume` looks skull-stripped (its
+  background exactly 0), so a raw head scan or noise is not taken for a brain."""
+  if data.mask != "nonzero":
+    return
+  zero_share = float(np.mean(volume == 0))
+  if zero_share < _MIN_ZERO_SHARE:
+    raise InputError(
+        f"{path}: only {zero_share:.1%} of its voxels are 0, so it is not a skull-stripped brain "
+        "(data.mask='nonzero' takes the brain as the non-zero voxels); skull-strip it first "
+        "(e.g. FSL BET, HD-BET, SynthStrip) or use a model trained with data.mask='foreground'.")
+
+
 def load_slices(path: str, data: ml_collections.ConfigDict,
-                slice_indices: Sequence[int] | None = None) -> tuple[np.ndarray, SliceGeometry]:
+                slice_indices: Sequence[int] | None = None,
+                brain_only: bool = False) -> tuple[np.ndarray, SliceGeometry]:
   """Normalised axial slices of one volume on its own canonical grid, ready to translate.
 
   Args:
     path: a 3D NIfTI file.
     data: the `data` config section (image_size, p_lo, p_hi, mask).
-    slice_indices: axial indices of the canonical grid; None for all of them.
+    slice_indices: axial indices of the canonical grid; None for all of them, or with
+      `brain_only` for those whose tissue area (`slicing.brain`) is at least 1% of the
+      largest slice's.
   Returns:
     (N, image_size, image_size, 1) float32 in [0, 1], and the geometry `write_translation`
     needs to put N translated slices back.
   """
   volume, affine = load_volume(path)
-  indices = np.arange(volume.shape[2]) if slice_indices is None else np.asarray(slice_indices)
+  check_skull_stripped(volume, path, data)
+  if slice_indices is not None:
+    indices = np.asarray(slice_indices)
+  elif brain_only:
+    indices = slicing.brain_slices(slicing.brain(volume, data.mask), 0, 0.01, path)
+  else:
+    indices = np.arange(volume.shape[2])
   volume = slicing.normalize(volume, data.p_lo, data.p_hi, data.mask)
   slices = slicing.volume_to_slices(volume, voxel_sizes(affine), data.image_size, indices)
   return slices[..., None], SliceGeometry(path, tuple(int(z) for z in indices))
 
 
-def write_translation(slices: np.ndarray, reference: str | SliceGeometry, out_path: str) -> None:
+def read_like_file(path: str) -> np.ndarray:
+  """The voxels of a 3D NIfTI file in the file's own axis order, (X, Y, Z) float32."""
+  image = _open(path)
+  return np.asarray(image.get_fdata(dtype=np.float32)).reshape(_spatial_shape(image, path))
+
+
+def write_like(volume: np.ndarray, reference: str, out_path: str, dtype: type = np.float32) -> None:
+  """Write `volume` (the reference file's own axis order and grid) with its affine and header."""
+  image_in = _open(reference)
+  header = image_in.header.copy()
+  header.set_data_dtype(dtype)
+  image = type(image_in)(np.asarray(volume, dtype).reshape(image_in.shape), image_in.affine, header)
+  image.header.set_slope_inter(1.0, 0.0)
+  with files.atomic_path(out_path) as temporary:
+    image.to_filename(temporary)
+
+
+def write_translation(slices: np.ndarray, reference: str | SliceGeometry, out_path: str,
+                      keep: np.ndarray | None = None) -> np.ndarray:
   """Write translated slices as a NIfTI volume that overlays the reference in any viewer.
 
   The slices must have the geometry `load_slices` gives: axial slices of the reference's
@@ -331,6 +398,10 @@ def write_translation(slices: np.ndarray, reference: str | SliceGeometry, out_pa
     reference: the geometry `load_slices` returned, or the path of the volume the slices came
       from when they are all its axial slices (N == Z).
     out_path: .nii or .nii.gz file to write.
+    keep: optional (X, Y, Z) bool in the reference file's axis order; voxels outside it are
+      written as 0 (a skull-stripped input's brain: resizing back blurs across its edge).
+  Returns:
+    The volume written, (X, Y, Z) float32 in the reference file's own axis order.
   """
   if isinstance(reference, str):
     reference = SliceGeometry(reference, ())
@@ -346,10 +417,8 @@ def write_translation(slices: np.ndarray, reference: str | SliceGeometry, out_pa
     raise ValueError(f"{len(slices)} slices for {len(indices)} axial positions of {path}.")
   volume = slicing.slices_to_volume(slices, canonical_shape, voxel_sizes(canonical_affine), indices)
   back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), ornt)
-  volume = orientations.apply_orientation(volume, back).reshape(image_in.shape)
-  header = image_in.header.copy()
-  header.set_data_dtype(np.float32)
-  image = type(image_in)(volume, image_in.affine, header)
-  image.header.set_slope_inter(1.0, 0.0)
-  with files.atomic_path(out_path) as temporary:
-    image.to_filename(temporary)
+  volume = orientations.apply_orientation(volume, back).reshape(shape)
+  if keep is not None:
+    volume = volume * keep
+  write_like(volume, path, out_path)
+  return volume

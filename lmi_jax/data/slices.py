@@ -16,12 +16,18 @@ from skimage import filters, transform
 
 from lmi_jax.errors import InputError
 
-MASKS = ("none", "foreground")
+MASKS = ("none", "foreground", "nonzero")
 
 
 def foreground(volume: np.ndarray) -> np.ndarray:
   """Voxels above the Otsu threshold, (X, Y, Z) bool: tissue against dark background and noise."""
   return volume > filters.threshold_otsu(volume)
+
+
+def brain(volume: np.ndarray, mask: str) -> np.ndarray:
+  """(X, Y, Z) bool tissue voxels: the non-zero ones of a skull-stripped scan (mask "nonzero"),
+  else the Otsu `foreground`."""
+  return volume != 0 if mask == "nonzero" else foreground(volume)
 
 
 def head_mask(volume: np.ndarray) -> np.ndarray:
@@ -37,19 +43,24 @@ def normalize(volume: np.ndarray, p_lo: float, p_hi: float, mask: str = "none") 
   """Linear map to [0, 1] with clipping.
 
   0 is the p_lo percentile of all voxels (default 0: the minimum, the background level) and 1 the
-  p_hi percentile of the foreground voxels, so the field of view's size does not move it.
+  p_hi percentile of the tissue voxels (`brain`), so the field of view's size does not move it.
 
   Args:
     volume: (X, Y, Z) float, finite, not constant.
-    mask: "none", or "foreground" to zero everything outside `head_mask`.
+    mask: "none"; "foreground" to zero everything outside `head_mask`; "nonzero" for a
+      skull-stripped scan: 1 is set inside the brain (its non-zero voxels), which stay the
+      only non-zero ones.
   Returns:
     (X, Y, Z) float32 in [0, 1].
   """
+  tissue = brain(volume, mask)
   lo = np.percentile(volume, p_lo)
-  hi = np.percentile(volume[foreground(volume)], p_hi)
+  hi = np.percentile(volume[tissue], p_hi)
   out = np.clip((volume - lo) / max(hi - lo, np.finfo(np.float32).tiny), 0.0, 1.0)
   if mask == "foreground":
     out = out * head_mask(volume)
+  elif mask == "nonzero":
+    out = out * tissue
   return out.astype(np.float32)
 
 
@@ -70,6 +81,37 @@ def slice_indices(num_slices: int, slice_range: Sequence[float], count: int) -> 
         f"axial slices but data.slices_per_subject={count}: widen the range or take fewer slices.")
   spread = np.linspace(first, last, count) if count > 1 else [(first + last) / 2]
   return np.round(spread).astype(np.int64)
+
+
+def brain_slices(tissue: np.ndarray, count: int, min_fraction: float, name: str) -> np.ndarray:
+  """`count` axial indices evenly spread over the slices that hold enough brain.
+
+  A slice qualifies when its tissue area is at least `min_fraction` of the largest slice's;
+  the indices run from the first to the last qualifying slice (config data.slice_select=brain:
+  a volume cropped to the brain, or not, gives slices of the same anatomy).
+
+  Args:
+    tissue: (X, Y, Z) bool, e.g. `brain(volume, mask)`.
+    count: slices wanted (0: every qualifying slice).
+    name: the volume's file, for the error.
+  Returns:
+    (count,) int, distinct and increasing.
+  """
+  area = tissue.sum((0, 1))
+  qualifying = np.flatnonzero(area >= min_fraction * area.max()) if area.max() else []
+  if len(qualifying) == 0 or len(qualifying) < count:
+    raise InputError(
+        f"{name}: {len(qualifying)} axial slices hold at least data.min_brain_fraction="
+        f"{min_fraction} of the largest slice's brain area, fewer than data.slices_per_subject="
+        f"{count}; lower either, or check that the file is a brain scan.")
+  if count == 0:
+    return qualifying.astype(np.int64)
+  spread = np.linspace(qualifying[0], qualifying[-1], count) if count > 1 else [np.median(qualifying)]
+  chosen = np.round(spread).astype(np.int64)
+  if len(np.unique(chosen)) < count:
+    raise InputError(f"{name}: data.slices_per_subject={count} exceeds the "
+                     f"{qualifying[-1] - qualifying[0] + 1} slices of its brain; take fewer.")
+  return chosen
 
 
 def _fit(shape: tuple[int, int], spacing: tuple[float, float],

@@ -1,0 +1,64 @@
+"""Real scans: FLAIR -> T1w on skull-stripped BraTS 2018 volumes, 64 x 64, trained on a CPU.
+
+Layout (the `nifti` dataset): one folder per subject under data.root, holding T1.nii.gz (the
+target, the only contrast training sees), FLAIR.nii.gz (the source) and GT_W.nii.gz (the
+whole-tumour mask; evaluation scores the brain with and without it). The developers' copy lies
+beside the repository, hence the default root; point it elsewhere on the command line:
+
+  python main.py --config=configs/brats_flair2t1.py --workdir=runs/brats --mode=eval \\
+      --config.data.root=/path/to/cases
+
+Your own data laid out the same way works as it is; other file names take
+--config.data.source_glob='*/flair_reg.nii.gz' (and target_glob / exclude_glob; exclude_glob=''
+when there are no tumour masks). Volumes must be skull-stripped (the brain is the non-zero
+voxels) and each source on its target's grid or with headers that align them.
+
+Ten subjects are split 7 train / 1 validation / 2 test (data.seed fixes which); each gives 40
+axial slices spread over the slices whose brain area is at least 30% of the largest one's.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  data = config.data
+  data.dataset = "nifti"
+  data.root = "../shared/data/brats2018_t1_flair"
+  data.source = "FLAIR"
+  data.target = "T1"
+  data.exclude_glob = "*/GT_W.nii*"
+  data.image_size = 64
+  data.mask = "nonzero"
+  data.slice_select = "brain"
+  data.min_brain_fraction = 0.3
+  data.slices_per_subject = 40
+  data.num_train_subjects = -1
+  data.num_val_subjects = 1
+  data.num_test_subjects = 2
+
+  model = config.model
+  model.nf = 16
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 1
+  model.attn_resolutions = (16,)
+
+  config.sde.sigma_max = 24.0
+
+  training = config.training
+  training.batch_size = 8
+  training.num_steps = 20_000
+  training.warmup_steps = 500
+  training.ema_decay = 0.999
+  training.log_every = 50
+  training.checkpoint_every = 250
+  training.sample_every = 2000
+  training.sample_steps = 50
+
+  config.sampling.num_steps = 100
+  config.sampling.corrector_steps = 1
+  config.sampling.batch_size = 40
+  config.host_devices = 2
+  return config

@@ -1,0 +1,177 @@
+"""Skull-stripped paired volumes with tumour masks (the BraTS layout), on tiny files the tests
+write: slice choice by brain area, normalisation inside the brain, scoring with and without
+the masked region, and `--mode=sample --input=` writing a translation and a segmentation."""
+
+import os
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from configs import default, tiny
+from lmi_jax import evaluation, train, translate
+from lmi_jax.data import load_dataset, phantom
+from lmi_jax.data import slices as slicing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LPS = np.diag([-4.0, -4.0, 4.0, 1.0])  # BraTS files are LPS; 4 mm voxels keep them tiny.
+
+
+def save(path, volume, affine=LPS):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  nib.save(nib.Nifti1Image(np.asarray(volume, np.float32), affine), str(path))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+  """Four subjects: <root>/case_i/{T1, FLAIR, GT_W}.nii.gz, background exactly 0."""
+  root = tmp_path_factory.mktemp("cases")
+  data = default.get_config().data
+  data.phantom.voxel_mm = 4.0
+  for i in range(4):
+    head = phantom.phantom_subject(20 + i, data, ("T1", "T2"))
+    brain = head["labels"] > 0
+    # Flip x and y: the files are LPS, the phantom RAS; values scale like scanner units.
+    flip = lambda v: v[::-1, ::-1, :]
+    tumour = np.zeros_like(brain)
+    centre = np.array(brain.shape) // 2
+    tumour[centre[0]:centre[0] + 4, centre[1] - 2:centre[1] + 2, :] = True  # A column: every slice.
+    tumour &= brain
+    save(root / f"case_{i}" / "T1.nii.gz", flip(300.0 * (1 + i) * head["T1"] * brain))
+    save(root / f"case_{i}" / "FLAIR.nii.gz", flip(200.0 * head["T2"] * brain))
+    save(root / f"case_{i}" / "GT_W.nii.gz", flip(tumour))
+  return root
+
+
+def brats_like(root, **overrides):
+  config = tiny.get_config()
+  data = config.data
+  data.dataset, data.root, data.source, data.target = "nifti", str(root), "FLAIR", "T1"
+  data.exclude_glob, data.mask, data.slice_select = "*/GT_W.nii*", "nonzero", "brain"
+  data.min_brain_fraction, data.slices_per_subject = 0.5, 4
+  data.num_train_subjects, data.num_val_subjects, data.num_test_subjects = 2, 1, 1
+  config.eval.methods = ("lmi", "identity")
+  for key, value in overrides.items():
+    data[key] = value
+  return config
+
+
+def test_brain_slices_spread_over_the_slices_with_enough_brain():
+  tissue = np.zeros((4, 4, 12), bool)
+  areas = [0, 1, 3, 8, 12, 16, 16, 12, 9, 4, 2, 0]  # Pixels of brain per axial slice.
+  for z, a in enumerate(areas):
+    tissue.reshape(16, 12)[:a, z] = True
+  # Slices with >= half of the largest area (8 of 16): 3..8; four spread from 3 to 8.
+  np.testing.assert_array_equal(slicing.brain_slices(tissue, 4, 0.5, "v"), [3, 5, 6, 8])
+  np.testing.assert_array_equal(slicing.brain_slices(tissue, 0, 0.5, "v"), [3, 4, 5, 6, 7, 8])
+  with pytest.raises(ValueError, match="data.min_brain_fraction"):
+    slicing.brain_slices(tissue, 7, 0.5, "v")
+
+
+def test_normalisation_inside_the_brain_keeps_the_background_zero():
+  rng = np.random.default_rng(0)
+  volume = np.zeros((20, 20, 5))
+  volume[5:15, 5:15] = rng.uniform(100, 500, (10, 10, 5))
+  out = slicing.normalize(volume, 0.0, 99.0, "nonzero")
+  assert np.all(out[volume == 0] == 0)
+  inside = volume[volume != 0]
+  # 1 is the 99th percentile of the brain, not of the whole (mostly empty) field of view.
+  np.testing.assert_allclose(np.mean(out[volume != 0] >= 1.0), 0.01, atol=0.003)
+  np.testing.assert_allclose(out[volume != 0], np.clip(inside / np.percentile(inside, 99), 0, 1),
+                             rtol=1e-5)
+
+
+def test_dataset_takes_brain_slices_and_the_masks(cases, tmp_path):
+  config = brats_like(cases)
+  data = load_dataset(config, str(tmp_path))
+  for split, count in (("train", 8), ("val", 4), ("test", 4)):
+    assert data[split]["target"].shape == (count, 32, 32, 1)
+    assert data[split]["exclude"].shape == (count, 32, 32) and data[split]["exclude"].dtype == bool
+  test = data["test"]
+  assert test["exclude"].any()
+  # Masks and images share the grid: the tumour lies inside the brain.
+  assert np.all(test["target"][..., 0][test["exclude"]] > 0)
+  # The brain fills each chosen slice: at least half the largest slice's area.
+  areas = (data["train"]["target"][..., 0] > 0).sum((1, 2))
+  assert areas.min() >= 0.4 * areas.max()
+
+
+def test_a_raw_head_is_refused_as_not_skull_stripped(cases, tmp_path):
+  head = np.random.default_rng(0).uniform(1, 100, (16, 16, 16))
+  path = save(tmp_path / "raw.nii.gz", head)
+  with pytest.raises(ValueError, match="raw.nii.gz: only 0.0% of its voxels are 0"):
+    from lmi_jax.data import nifti
+    nifti.load_slices(path, brats_like(cases).data, brain_only=True)
+
+
+@pytest.fixture(scope="module")
+def trained_on_cases(cases, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = brats_like(cases)
+  config.training.num_steps = 4
+  config.training.sample_every = 0
+  config.sampling.num_steps = 4
+  config.sampling.batch_size = 4
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_eval_scores_the_brain_and_the_brain_outside_the_tumour(trained_on_cases):
+  config, workdir = trained_on_cases
+  report = translate.evaluate(config, workdir)
+  data = load_dataset(config, workdir)["test"]
+  outside = report["regions"]["outside_exclude"]
+  assert report["masked_metrics"] and outside["masked_metrics"]
+  # The identity row's PSNR, by hand, over the brain and over the brain less the tumour.
+  source, target = data["source"][..., 0], data["target"][..., 0]
+  for region, mask in ((report, target > 0), (outside, (target > 0) & ~data["exclude"])):
+    want = [10 * np.log10(1 / np.mean((s[m] - t[m]) ** 2)) for s, t, m in zip(source, target, mask)]
+    got = region["methods"]["identity"]["per_slice"]["psnr"]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  text = open(os.path.join(workdir, "eval", "report.md")).read()
+  assert "Outside the excluded regions" in text
+  # Outputs are zero outside the source's brain, as the input's background is.
+  assert report["methods"]["lmi"]["psnr"]["mean"] is not None
+
+
+def test_sample_input_writes_translation_and_segmentation_on_the_input_grid(
+    trained_on_cases, cases, tmp_path):
+  config, workdir = trained_on_cases
+  source = str(cases / "case_3" / "FLAIR.nii.gz")
+  flags = [f"--config.data.{k}={v}" for k, v in (
+      ("dataset", "nifti"), ("root", str(cases)), ("source", "FLAIR"), ("target", "T1"),
+      ("exclude_glob", "*/GT_W.nii*"), ("mask", "nonzero"), ("slice_select", "brain"),
+      ("min_brain_fraction", 0.5), ("slices_per_subject", 4), ("num_train_subjects", 2),
+      ("num_val_subjects", 1), ("num_test_subjects", 1))]
+  done = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/tiny.py", f"--workdir={workdir}",
+       "--mode=sample", f"--input={source}", "--config.sampling.num_steps=4", *flags],
+      cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+      timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  # Progress from inside the jitted sampler: the first and the last step at least.
+  assert re.search(r"lmi: batch 1/\d+, step 1/4 .* s elapsed, about \d+ s left", done.stderr)
+  assert "step 4/4 (100% of all)" in done.stderr
+  image_in = nib.load(source)
+  out = nib.load(os.path.join(workdir, "samples", "FLAIR_translated.nii.gz"))
+  seg = nib.load(os.path.join(workdir, "samples", "FLAIR_segmentation.nii.gz"))
+  raw = image_in.get_fdata()
+  for image in (out, seg):
+    assert image.shape == image_in.shape
+    np.testing.assert_allclose(image.affine, image_in.affine)
+    assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
+  translated, labels = out.get_fdata(), seg.get_fdata()
+  assert seg.get_data_dtype() == np.uint8
+  # Where the input has no brain the outputs are 0; the brain's slices are translated.
+  assert np.all(translated[raw == 0] == 0) and np.all(labels[raw == 0] == 0)
+  holds_brain = (raw != 0).sum((0, 1)) > 0
+  assert np.all((translated != 0).sum((0, 1))[holds_brain] > 0)
+  assert set(np.unique(labels[raw != 0])) <= {0, 1, 2, 3} and (labels[raw != 0] > 0).mean() > 0.9
+  # The K-means used is the one fitted on the training targets, stored beside the model.
+  stored = evaluation.read_segmenter(os.path.join(workdir, translate.SEGMENTER_FILE))
+  data = load_dataset(config, workdir)
+  assert stored == evaluation.fit_segmenter(config, data["train"]["target"])
