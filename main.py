@@ -62,5 +62,10 @@ def run(argv: list[str]) -> None:
     sys.exit(2)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `lmi-jax` console script: the same flags as `python main.py`."""
   app.run(run, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

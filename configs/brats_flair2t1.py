@@ -19,7 +19,7 @@ axial slices spread over the slices whose brain area is at least 30% of the larg
 
 import ml_collections
 
-from configs import default
+from configs import cpu_model, default
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -30,7 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
   data.source = "FLAIR"
   data.target = "T1"
   data.exclude_glob = "*/GT_W.nii*"
-  data.image_size = 64
   data.mask = "nonzero"
   data.slice_select = "brain"
   data.min_brain_fraction = 0.3
@@ -39,26 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_val_subjects = 1
   data.num_test_subjects = 2
 
-  model = config.model
-  model.nf = 16
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 1
-  model.attn_resolutions = (16,)
-
-  config.sde.sigma_max = 24.0
-
-  training = config.training
-  training.batch_size = 8
-  training.num_steps = 20_000
-  training.warmup_steps = 500
-  training.ema_decay = 0.999
-  training.log_every = 50
-  training.checkpoint_every = 250
-  training.sample_every = 2000
-  training.sample_steps = 50
-
+  cpu_model.apply(config)
   config.sampling.num_steps = 100
   config.sampling.corrector_steps = 1
   config.sampling.batch_size = 40
-  config.host_devices = 2
   return config

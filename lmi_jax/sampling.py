@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmi_jax.errors import InputError
+from lmi_jax.errors import key_checker
 from lmi_jax.sde import SDE, bcast
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -294,9 +294,7 @@ def fast_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.A
 
 def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
   """Raise InputError naming the first `sampling.*` key with an unusable value."""
-  def require(ok: bool, key: str, what: str) -> None:
-    if not ok:
-      raise InputError(f"sampling.{key}={cfg[key]!r}: {what}.")
+  require = key_checker("sampling", cfg)
   require(cfg.method in SAMPLERS, "method", f"choose one of {SAMPLERS}")
   require(cfg.num_steps >= 1, "num_steps", "use at least 1 step")
   require(cfg.corrector_steps >= 0, "corrector_steps", "use 0 or more corrector moves")

@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 
 from lmi_jax import files, lmi, losses, sampling, writers
 from lmi_jax.data import load_dataset
-from lmi_jax.errors import InputError
+from lmi_jax.errors import InputError, key_checker
 from lmi_jax.models import (count_params, create_model, init_variables, lmi_score,
                             unconditional_score)
 from lmi_jax.sde import SDE, sde_from_config
@@ -105,9 +105,7 @@ TrainMetrics = metrics.Collection.create(
 
 def check_training_config(training: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raise InputError naming the first `training.*` key with an unusable value."""
-  def require(ok: bool, key: str, what: str) -> None:
-    if not ok:
-      raise InputError(f"training.{key}={training[key]!r}: {what}.")
+  require = key_checker("training", training)
   require(training.batch_size > 0, "batch_size", "use a positive global batch")
   require(training.batch_size % num_devices == 0, "batch_size",
           f"the global batch must divide evenly over the {num_devices} devices "

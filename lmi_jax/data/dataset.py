@@ -29,7 +29,7 @@ from absl import logging
 from lmi_jax import files
 from lmi_jax.data import nifti, phantom
 from lmi_jax.data import slices as slicing
-from lmi_jax.errors import InputError
+from lmi_jax.errors import InputError, key_checker
 
 DATASETS = ("phantom", "ixi", "nifti")
 SLICE_SELECTS = ("range", "brain")
@@ -44,9 +44,7 @@ Subject = tuple[int, str, Callable[[], Pair]]
 
 def check_data_config(data: ml_collections.ConfigDict) -> None:
   """Raise InputError naming the first `data.*` key with an unusable value."""
-  def require(ok: bool, key: str, what: str) -> None:
-    if not ok:
-      raise InputError(f"data.{key}={data[key]!r}: {what}.")
+  require = key_checker("data", data)
   require(data.dataset in DATASETS, "dataset", f"choose one of {DATASETS}")
   require(data.image_size >= 8, "image_size", "use at least 8 pixels")
   require(data.slices_per_subject >= 1, "slices_per_subject", "take at least one slice")
