@@ -10,10 +10,11 @@ error. Bad input (files, folders, config values) ends with a one-line message an
 
 import sys
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, host, train, translate
+from lmi_jax import evaluation, files, host, train, translate
 from lmi_jax.errors import InputError, one_line
 
 FLAGS = flags.FLAGS
@@ -42,6 +43,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def split_commas(config: ml_collections.ConfigDict) -> None:
+  """Tuple-valued keys given on the command line as "a,b" arrive as ("a,b",): split them."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      split_commas(value)
+    elif isinstance(value, tuple) and any(isinstance(v, str) and "," in v for v in value):
+      config[key] = tuple(part.strip() for v in value for part in str(v).split(",") if part.strip())
+
+
 MODES = {
     "train": train.train_and_evaluate,
     "sample": lambda config, workdir: translate.sample(config, workdir, FLAGS.input),
@@ -54,9 +64,18 @@ MODES = {
 def run(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  host.split_host(int(FLAGS.config.host_devices))
+  config = FLAGS.config
   try:
-    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+    host_devices = int(config.host_devices)  # ml_collections loads the file on first use.
+  except OSError as error:
+    print(f"error: --config: {one_line(error)} (give an experiment config, e.g. "
+          "--config=configs/phantom_pd2t1_cpu.py).", file=sys.stderr)
+    sys.exit(2)
+  host.split_host(host_devices)
+  try:
+    split_commas(config)
+    files.prepare_dir(FLAGS.workdir)
+    MODES[FLAGS.mode](config, FLAGS.workdir)
   except InputError as error:
     print(f"error: {one_line(error)}", file=sys.stderr)
     sys.exit(2)

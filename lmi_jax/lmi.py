@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lmi_jax.errors import InputError
+
 EPS = 1e-10  # The authors' epsilon, used in every normalisation and logarithm.
 NORMALIZE_MODES = ("none", "minmax", "percentile", "rank")
 PADDING_MODES = ("zero", "edge", "reflect")
@@ -65,22 +67,22 @@ class LMIConfig:
 
   def __post_init__(self):
     if self.patch_size < 1 or self.patch_size % 2 == 0:
-      raise ValueError(f"lmi.patch_size must be a positive odd number, got {self.patch_size}.")
+      raise InputError(f"lmi.patch_size must be a positive odd number, got {self.patch_size}.")
     if self.radius < 0:
-      raise ValueError(f"lmi.radius must be >= 0, got {self.radius}.")
+      raise InputError(f"lmi.radius must be >= 0, got {self.radius}.")
     if self.num_bins < 2:
-      raise ValueError(f"lmi.num_bins must be >= 2, got {self.num_bins}.")
+      raise InputError(f"lmi.num_bins must be >= 2, got {self.num_bins}.")
     if self.kernel_sigma <= 0:
-      raise ValueError(f"lmi.kernel_sigma must be > 0, got {self.kernel_sigma}.")
+      raise InputError(f"lmi.kernel_sigma must be > 0, got {self.kernel_sigma}.")
     if self.normalize not in NORMALIZE_MODES:
-      raise ValueError(f"lmi.normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}.")
+      raise InputError(f"lmi.normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}.")
     if self.padding not in PADDING_MODES:
-      raise ValueError(f"lmi.padding must be one of {PADDING_MODES}, got {self.padding!r}.")
+      raise InputError(f"lmi.padding must be one of {PADDING_MODES}, got {self.padding!r}.")
     if not 0 <= self.p_lo < self.p_hi <= 100:
-      raise ValueError(f"lmi.p_lo/p_hi must satisfy 0 <= p_lo < p_hi <= 100, got {self.p_lo}, {self.p_hi}.")
+      raise InputError(f"lmi.p_lo/p_hi must satisfy 0 <= p_lo < p_hi <= 100, got {self.p_lo}, {self.p_hi}.")
     unknown = [f for f in self.features if f not in FEATURE_NAMES]
     if unknown or not self.features:
-      raise ValueError(f"lmi.features must be a non-empty subset of {FEATURE_NAMES}, got {self.features}.")
+      raise InputError(f"lmi.features must be a non-empty subset of {FEATURE_NAMES}, got {self.features}.")
 
   @property
   def top(self) -> float:

@@ -42,6 +42,43 @@ def test_bad_data_root_is_a_one_line_error(tmp_path):
   assert "data.root" in line and "missing" in line
 
 
+@pytest.mark.parametrize("flag,named", [
+    ("--config.lmi.patch_size=4", "lmi.patch_size must be a positive odd number, got 4"),
+    ("--config.sampling.num_steps=-5", "sampling.num_steps=-5"),
+    ("--config.sampling.method=rk45", "sampling.method='rk45'"),
+    ("--config.sampling.nfe=0", "sampling.nfe=0"),
+    ("--config=configs/nope.py", "configs/nope.py"),
+])
+def test_impossible_values_and_missing_config_are_one_line_errors(tmp_path, flag, named):
+  status, stderr = main_py(tmp_path, "--mode=sample", flag)
+  assert status == 2
+  assert "Traceback" not in stderr
+  [line] = error_lines(stderr)
+  assert named in line
+
+
+def test_a_workdir_that_is_a_file_is_named(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("x")
+  args = [sys.executable, "main.py", "--config=configs/tiny.py", f"--workdir={path}"]
+  done = subprocess.run(args, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and "Traceback" not in done.stderr
+  [line] = error_lines(done.stderr)
+  assert str(path) in line and "not a folder" in line
+
+
+def test_tuple_keys_take_comma_separated_values():
+  import main
+  from configs import tiny
+  config = tiny.get_config()
+  config.eval.methods = ("lmi,sdedit",)  # What ml_collections makes of --config.eval.methods=lmi,sdedit.
+  config.lmi.features = ("cross", "self")
+  main.split_commas(config)
+  assert config.eval.methods == ("lmi", "sdedit")
+  assert config.lmi.features == ("cross", "self")
+
+
 def test_bad_training_value_names_the_key(tmp_path):
   status, stderr = main_py(tmp_path, "--config.training.p_uncond=1.5")
   assert status == 2
