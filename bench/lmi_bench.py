@@ -12,15 +12,13 @@ import argparse
 import dataclasses
 import os
 import platform
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from lmi_jax import lmi  # noqa: E402
+from lmi_jax import lmi
 
 
 def smooth_images(batch: int, size: int, seed: int) -> jax.Array:

@@ -23,17 +23,15 @@ import argparse
 import importlib.util
 import os
 import platform
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from lmi_jax import lmi, sampling  # noqa: E402
-from lmi_jax.models import count_params, create_model, init_variables, lmi_score, score_fn  # noqa: E402
-from lmi_jax.sde import sde_from_config  # noqa: E402
+from lmi_jax import lmi, sampling
+from lmi_jax.models import count_params, create_model, init_variables, lmi_score, score_fn
+from lmi_jax.sde import sde_from_config
 
 
 def load_config(path: str):

@@ -12,6 +12,7 @@ it; the suggested default is the within-row with the fewest network evaluations 
 Seconds per slice include compilation, as a user's run does. Prints one Markdown table.
 """
 
+import json
 import os
 import platform
 
@@ -23,9 +24,12 @@ from lmi_jax import ablation, host, sampling
 
 METRICS = ("dice", "psnr", "ssim")
 flags.DEFINE_multi_string("candidates", ["heun:9,15,21,35", "dpm2m:5,10,15,20,30",
-                                          "churn:21,35"],
-                          "<method>:<nfe>,<nfe>,...; repeatable.")
+                                          "churn:21,35", "em:10,25,50"],
+                          "<method>:<nfe>,<nfe>,...; repeatable (em: its steps).")
 flags.DEFINE_float("churn", 10.0, "S_churn of the churn rows.")
+flags.DEFINE_bool("reuse_reference", False, "Read the reference row from an earlier run's "
+                  "WORKDIR/reference/ablation/ablation.json (same config and model) instead of "
+                  "translating again.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: its checkpoint, else the shipped model.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -43,21 +47,31 @@ def main(argv: list[str]) -> None:
   config.eval.split, config.eval.methods = "val", ("lmi",)
   host.split_host(int(config.host_devices))
   rows = []
-  reference_rows, _ = ablation.ablate(config, os.path.join(flags.FLAGS.workdir, "em"), [])
+  reference_dir = os.path.join(flags.FLAGS.workdir, "reference")
+  saved = os.path.join(reference_dir, "ablation", "ablation.json")
+  if flags.FLAGS.reuse_reference and os.path.isfile(saved):
+    with open(saved) as f:
+      reference_rows = json.load(f)["rows"]
+  else:
+    reference_rows, _ = ablation.ablate(config, reference_dir, [])
   reference = dict(reference_rows[0], nfe=sampling.network_evaluations(config.sampling),
                    setting=f"{config.sampling.method} (reference)")
   rows.append(reference)
   for text in flags.FLAGS.candidates:
     method, _, values = text.partition(":")
+    counts = [int(v) for v in values.split(",")]
+    key = "num_steps" if method == "em" else "nfe"  # em's count is its steps.
     base = config.copy_and_resolve_references()
     base.sampling.method, base.sampling.churn = method, flags.FLAGS.churn
-    grid = [("sampling.nfe", [int(v) for v in values.split(",")])]
-    found, _ = ablation.ablate(base, os.path.join(flags.FLAGS.workdir, method), grid,
-                               baseline=False)
+    # The first count is the baseline row, the others vary from it.
+    base.sampling[key] = counts[0]
+    found, _ = ablation.ablate(base, os.path.join(flags.FLAGS.workdir, method),
+                               [(f"sampling.{key}", counts[1:])] if counts[1:] else [])
     for row in found:
-      cfg = base.copy_and_resolve_references()
-      cfg.sampling.nfe = int(row["setting"].split("=")[1])
-      rows.append(dict(row, nfe=sampling.network_evaluations(cfg), setting=f"{method}"))
+      cfg = base.sampling.copy_and_resolve_references()
+      if row["setting"] != "baseline":
+        cfg[key] = int(row["setting"].split("=")[1])
+      rows.append(dict(row, nfe=sampling.network_evaluations(cfg), setting=method))
   n = len(config_slices(config, flags.FLAGS.workdir))
   chosen = min((r for r in rows[1:] if within(r, reference, n)), key=lambda r: r["nfe"],
                default=None)
@@ -80,7 +94,7 @@ def main(argv: list[str]) -> None:
 def config_slices(config, workdir: str):
   from lmi_jax import translate
   from lmi_jax.data import load_dataset
-  data = load_dataset(config, os.path.join(workdir, "em"))
+  data = load_dataset(config, os.path.join(workdir, "reference"))
   return translate.select_split(data, "val", int(config.eval.max_slices))["source"]
 
 

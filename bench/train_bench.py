@@ -14,7 +14,6 @@ step). Reference: the authors' PyTorch UNet of 8.95M parameters trains at 0.8 im
 import argparse
 import os
 import platform
-import sys
 import time
 
 import jax
@@ -22,10 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from configs import authors_unet, default  # noqa: E402
-from lmi_jax import lmi, train  # noqa: E402
-from lmi_jax.models import count_params  # noqa: E402
+from configs import authors_unet, default
+from lmi_jax import lmi, train
+from lmi_jax.models import count_params
 
 
 def timed(fn, steps: int) -> float:
