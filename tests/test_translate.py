@@ -253,3 +253,17 @@ def test_trained_ablation_trains_a_model_per_setting(tmp_path):
   config.lmi.num_bins = 8
   with pytest.raises(InputError, match="holds a model trained with other settings"):
     ablation.ablate(config, workdir, [], trained=True)
+
+
+def test_real_scan_model_ships_with_its_segmenter(tmp_path):
+  """`--mode=sample --input=` with configs/brats_flair2t1.py needs only the shipped folder:
+  its parameters fit the config's network and its K-means is stored, so no data set (which a
+  user's machine lacks) is read."""
+  from configs import brats_flair2t1
+  config = brats_flair2t1.get_config()
+  config.data.root = str(tmp_path / "no_data_here")
+  variables, step = translate.restore_model(config, str(tmp_path))
+  assert step > 0 and models.count_params(variables) == 448180
+  segmenter = translate.stored_segmenter(config, str(tmp_path))
+  assert segmenter.k == 3 and 0 < segmenter.centroids[0] < segmenter.centroids[1] < segmenter.centroids[2] < 1
+  assert not os.path.exists(tmp_path / translate.SEGMENTER_FILE)
