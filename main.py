@@ -53,7 +53,7 @@ def split_commas(config: ml_collections.ConfigDict) -> None:
 
 
 MODES = {
-    "train": train.train_and_evaluate,
+    "train": train.train_score_model,
     "sample": lambda config, workdir: translate.sample(config, workdir, FLAGS.input),
     # The table goes to stdout as well as to WORKDIR/eval/report.md.
     "eval": lambda config, workdir: print(evaluation.report_markdown(

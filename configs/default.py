@@ -140,5 +140,76 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.split = "test"  # Split translated by --mode=sample/eval: test, or val for choices made before testing.
   evaluation.max_slices = 0  # Translate only the first max_slices slices of the split (0: all).
 
-  del data, lmi, model, sde, training, sampling, evaluation
+  # --- few-shot CycleGAN baseline (lmi_jax/baselines/cyclegan.py) ----------------
+  config.cyclegan = cyclegan = ml_collections.ConfigDict()
+  cyclegan.source_fraction = 0.11  # Share of the training subjects whose source slices it sees (the paper: about 11%); all target slices are seen.
+  cyclegan.generator_features = 16  # k of the ResNet generators (c7s1-k, d2k, d4k, R4k, u2k, uk; the original: 64).
+  cyclegan.generator_blocks = 6  # Residual blocks of the generators (the original: 6 at 128 px, 9 at 256 px).
+  cyclegan.discriminator_features = 32  # Channels of the PatchGAN's first layer, doubled per layer up to 8x (the original: 64).
+  cyclegan.discriminator_layers = 2  # Stride-2 PatchGAN layers: 2 -> 34 px receptive field (64 px slices), 3 -> the original's 70 px.
+  cyclegan.batch_size = 2  # Source and target slices per step, drawn independently (the original: 1).
+  cyclegan.num_steps = 2500  # Steps; the learning rate is constant for the first half and decays linearly to 0 over the second.
+  cyclegan.lr = 2e-4  # Adam learning rate of generators and discriminators (betas 0.5, 0.999).
+  cyclegan.cycle_weight = 10.0  # Weight of the cycle-consistency L1 losses (lambda).
+  cyclegan.identity_weight = 0.5  # Identity L1 loss weight as a fraction of cycle_weight (0.5: 0.5 lambda).
+  cyclegan.pool_size = 50  # Earlier fakes kept per domain for the discriminators (0: none).
+  cyclegan.hflip = True  # Random horizontal flips of the training slices.
+  cyclegan.log_every = 50  # Steps between metric log lines and TensorBoard scalars.
+  cyclegan.checkpoint_every = 250  # Steps between checkpoints in workdir/cyclegan/checkpoints (one more at the end).
+  cyclegan.preview_every = 500  # Steps between previews in workdir/cyclegan (0: only at the end).
+  cyclegan.time_limit_min = 0.0  # >0: stop with a checkpoint after this many minutes of a call; a rerun resumes.
+
+  # --- supervised ceiling (lmi_jax/baselines/supervised.py) -------------------------
+  config.supervised = supervised = ml_collections.ConfigDict()
+  supervised.loss = "l1"  # Regression loss of prediction vs registered target: l1 (conditional median, sharper edges) | l2 (mean).
+  supervised.batch_size = 8  # Registered source/target pairs per step.
+  supervised.num_steps = 1000  # Adam steps on the model.* network (fed the source slice, constant noise label).
+  supervised.lr = 3e-4  # Adam learning rate (the paper's for this network), betas (0.9, 0.999).
+  supervised.hflip = True  # Random horizontal flips of the pairs (source and target together).
+  supervised.log_every = 50  # Steps between metric log lines and TensorBoard scalars.
+  supervised.checkpoint_every = 250  # Steps between checkpoints in workdir/supervised/checkpoints (one more at the end).
+  supervised.preview_every = 500  # Steps between previews in workdir/supervised (0: only at the end).
+  supervised.time_limit_min = 0.0  # >0: stop with a checkpoint after this many minutes of a call; a rerun resumes.
+
+  # --- StyleGAN2-ADA inversion baseline (lmi_jax/baselines/stylegan.py) ------------
+  config.stylegan = stylegan = ml_collections.ConfigDict()
+  stylegan.z_dim = 64  # Latent z size (StyleGAN2: 512).
+  stylegan.w_dim = 64  # Intermediate latent w size; W+ is (2 log2(image_size) - 2) x w_dim.
+  stylegan.mapping_layers = 2  # Fully connected layers of the mapping network (ADA at small data: 2; StyleGAN2: 8).
+  stylegan.mapping_lr_mul = 0.01  # Learning-rate multiplier of the mapping network (StyleGAN2: 0.01).
+  stylegan.channel_base = 1024  # Channels at resolution r: min(channel_base / r, channel_max), in G, D and the encoder.
+  stylegan.channel_max = 64  # Most channels of any layer (StyleGAN2: 512).
+  stylegan.mbstd_group = 4  # Group size of D's minibatch standard deviation.
+  stylegan.batch_size = 16  # Images per G and D step.
+  stylegan.num_steps = 100_000  # Training iterations (each a G and a D step); the time limit usually ends it first.
+  stylegan.g_lr = 0.0025  # Adam learning rate of G (betas 0, 0.99 as StyleGAN2).
+  stylegan.d_lr = 0.0025  # Adam learning rate of D.
+  stylegan.r1_gamma = 0.05  # R1 weight gamma (ADA's rule 0.0002 * size^2 / batch at 64 px); 0: off.
+  stylegan.r1_interval = 16  # D steps between lazy R1 steps.
+  stylegan.pl_weight = 2.0  # Path-length regularisation weight (StyleGAN2: 2); 0: off.
+  stylegan.pl_interval = 4  # G steps between lazy path-length steps.
+  stylegan.style_mixing = 0.9  # Chance that a generated image mixes the styles of two z.
+  stylegan.ema_kimg = 5.0  # Half-life of G's EMA in thousands of images (ADA: 10 * batch / 32).
+  stylegan.ema_rampup = 0.05  # The EMA half-life is at most this fraction of the images seen (0.05 as ADA).
+  stylegan.ada_target = 0.6  # ADA's target r_t = E[sign D(real)]; p rises above it and falls below.
+  stylegan.ada_interval = 4  # Steps between updates of ADA's p.
+  stylegan.ada_kimg = 100.0  # Thousands of images over which p can move from 0 to 1 (ADA: 500; runs here are short).
+  stylegan.log_every = 50  # Steps between log lines and TensorBoard scalars (GAN and encoder).
+  stylegan.checkpoint_every = 500  # Steps between checkpoints in workdir/stylegan (one more at the end).
+  stylegan.sample_every = 500  # GAN steps between sample grids in workdir/stylegan/samples (0: none).
+  stylegan.time_limit_min = 0.0  # >0: the GAN stops with a checkpoint after this many minutes of a call; a rerun resumes.
+  stylegan.encoder_steps = 3000  # Steps of the in-domain encoder, trained after the GAN.
+  stylegan.encoder_batch_size = 16  # Target slices per encoder step.
+  stylegan.encoder_lr = 1e-3  # Adam learning rate of the encoder.
+  stylegan.encoder_feature_weight = 1.0  # Weight of the D-feature distance in the encoder's loss.
+  stylegan.encoder_adv_weight = 0.05  # Weight of softplus(-D(G(E(x)))) in the encoder's loss (Zhu et al.: 0.1 of a larger loss).
+  stylegan.encoder_time_limit_min = 0.0  # >0: the encoder stops with a checkpoint after this many minutes of a call.
+  stylegan.feature_blocks = 2  # D blocks whose features (with fromRGB's) form the feature-matching loss.
+  stylegan.inversion_steps = 5000  # Adam steps of the W+ inversion of each source slice (the paper: 5000).
+  stylegan.inversion_lr = 0.01  # Adam learning rate of the inversion (Zhu et al.: 0.01).
+  stylegan.inversion_feature_weight = 1.0  # Weight of the D-feature distance in the inversion loss.
+  stylegan.inversion_domain_weight = 0.0  # Weight of Zhu et al.'s domain regulariser ||w - E(G(w))||^2; 0: off.
+  stylegan.inversion_log_every = 250  # Inversion steps per jitted chunk and progress line.
+
+  del data, lmi, model, sde, training, sampling, evaluation, cyclegan, supervised, stylegan
   return config

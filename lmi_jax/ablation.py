@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, files, host, train, translate
+from lmi_jax import checkpoints, evaluation, files, host, train, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, one_line
 
@@ -128,9 +128,9 @@ def train_setting(config: ml_collections.ConfigDict, model_dir: str, images: np.
                          "run's; use a new --workdir, or delete that folder to retrain it.")
   else:
     files.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True).encode())
-  train.train_and_evaluate(config, model_dir, images)
+  train.train_score_model(config, model_dir, images)
   # Without this check an untrained setting would be scored with the shipped model.
-  if train.latest_step(model_dir) is None:
+  if checkpoints.latest_step(checkpoints.score_folder(model_dir)) is None:
     raise InputError(f"{model_dir} holds no trained model and training.num_steps="
                      f"{config.training.num_steps} trains none; raise training.num_steps.")
 

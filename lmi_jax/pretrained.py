@@ -22,13 +22,10 @@ from absl import app, flags
 from flax import serialization
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, files, train
+from lmi_jax import checkpoints, evaluation, files
 from lmi_jax.data import load_dataset
+from lmi_jax.checkpoints import CONFIG_FILE, META_FILE, PARAMS_FILE
 from lmi_jax.errors import InputError
-
-PARAMS_FILE = "ema_params.msgpack"
-CONFIG_FILE = "config.py"
-META_FILE = "model.json"
 
 
 STORAGE_DTYPES = ("float32", "float16")
@@ -71,41 +68,11 @@ def export(config: ml_collections.ConfigDict, config_path: str, workdir: str,
   """Writes the latest EMA parameters of `workdir` and their config into `out_dir`
   (`write_model`), with the K-means fitted on the target training slices (`segmenter`), which
   `--mode=sample --input=` segments with. Returns the metadata."""
-  variables, step = train.restore_ema_params(config, workdir)
+  variables, step = checkpoints.restore_ema_params(config, workdir)
   segmenter = evaluation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
   meta = {"step": int(step), "source_workdir": os.path.relpath(workdir),
           "segmenter": dataclasses.asdict(segmenter)}
   return write_model(variables["params"], config_path, meta, out_dir, dtype)
-
-
-def read_meta(folder: str) -> dict:
-  """The model.json of a shipped model folder."""
-  path = os.path.join(folder, META_FILE)
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as exc:
-    raise InputError(f"{path}: missing or not JSON ({exc}); export the model again "
-                     "(python -m lmi_jax.pretrained).") from exc
-
-
-def load(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, int]:
-  """The shipped EMA parameters in `folder` as ({"params": ...}, step).
-
-  Raises InputError when the folder is missing or the parameters do not fit the network
-  of `config` (use the config.py stored beside them).
-  """
-  path = os.path.join(folder, PARAMS_FILE)
-  if not os.path.isfile(path):
-    raise InputError(f"sampling.pretrained = {folder!r}: {path} does not exist; train a model "
-                     "(--mode=train) or point sampling.pretrained at an exported folder.")
-  with open(path, "rb") as f:
-    params = jax.tree.map(lambda p: np.asarray(p, np.float32),
-                          serialization.msgpack_restore(f.read()))
-  step = int(read_meta(folder)["step"])
-  train.check_params_fit(config, params, where=path,
-                         hint=f"use the config it was trained with, {os.path.join(folder, CONFIG_FILE)}")
-  return {"params": params}, step
 
 
 def main(argv: list[str]) -> None:

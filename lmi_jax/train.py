@@ -1,7 +1,8 @@
 """The training mode: data-parallel denoising score matching with LMI conditioning.
 
 Reads top to bottom: the state and optimizer, the pmapped `train_step`, the host input
-pipeline, checkpoints, the sample grid, and `train_and_evaluate(config, workdir)`.
+pipeline, the sample grid, and `train_score_model(config, workdir)`; checkpoints are
+`lmi_jax.checkpoints`.
 
 Parallelism: `jax.pmap` over the local devices, the global batch `training.batch_size` split
 evenly over every device of every host, gradients averaged with `lax.pmean`. Several hosts
@@ -30,13 +31,12 @@ import matplotlib.image
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from clu import metrics
 from flax import jax_utils
 from jax.experimental import multihost_utils
 
-from lmi_jax import files, lmi, losses, sampling, writers
+from lmi_jax import checkpoints, files, lmi, losses, sampling, writers
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, key_checker
 from lmi_jax.models import (count_params, create_model, init_variables, lmi_score,
@@ -44,7 +44,6 @@ from lmi_jax.models import (count_params, create_model, init_variables, lmi_scor
 from lmi_jax.sde import SDE, sde_from_config
 
 AXIS = "batch"  # pmap axis over the devices.
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,74 +244,6 @@ def host_batches(images: np.ndarray, seed: int, start_step: int, batch_size: int
 
 
 # --------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_manager(workdir: str, max_to_keep: int = 1,
-                       create: bool = True) -> ocp.CheckpointManager:
-  """orbax manager of workdir/checkpoints (the folder is made if `create`)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                               options=options)
-
-
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> None:
-  """Saves an unreplicated state as host arrays, so a checkpoint restores on any device."""
-  host_state = jax.device_get(state)
-  manager.save(int(host_state.step), args=ocp.args.StandardSave(host_state))
-
-
-def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-  """The latest checkpoint in the structure of `state`, or `state` itself if there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return state
-  logging.info("Resuming from the checkpoint of step %d", step)
-  return manager.restore(step, args=ocp.args.StandardRestore(jax.device_get(state)))
-
-
-def latest_step(workdir: str) -> int | None:
-  """Step of the latest checkpoint in workdir, None when it holds none (nothing is created)."""
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
-    return None
-  return checkpoint_manager(workdir, create=False).latest_step()
-
-
-def restore_ema_params(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
-  """The EMA parameters of the latest checkpoint in workdir, and its step.
-
-  Returns:
-    ({"params": EMA parameters as host arrays}, step): the variables to call the network
-    with, `score_fn(model, variables, ...)`, model = `create_model(config.model)`.
-  """
-  folder = os.path.join(workdir, CHECKPOINT_DIR)
-  step = latest_step(workdir)
-  if step is None:
-    raise InputError(f"{folder} holds no checkpoint; train first (--mode=train with this "
-                     "--workdir) or point --workdir at a trained run.")
-  manager = checkpoint_manager(workdir, create=False)
-  params = manager.restore(step, args=ocp.args.StandardRestore())["ema_params"]
-  check_params_fit(config, params, where=f"{folder}/{step}",
-                   hint="use the config the run was trained with, "
-                        f"{os.path.join(workdir, 'config.json')}")
-  return {"params": params}, step
-
-
-def check_params_fit(config: ml_collections.ConfigDict, params: Any, where: str,
-                     hint: str) -> None:
-  """Raise InputError naming `where` (and ending with `hint`) unless `params` has the tree
-  and shapes of the parameters of the network that `config` describes."""
-  cfg = step_config(config)
-  expected = jax.eval_shape(
-      lambda key: init_variables(cfg.model, key, config.data.image_size, cfg.in_channels),
-      jax.random.key(0))["params"]
-  if (jax.tree.structure(params) != jax.tree.structure(expected) or
-      jax.tree.map(np.shape, params) != jax.tree.map(np.shape, expected)):
-    raise InputError(f"{where} does not fit the network of this config (model.*, "
-                     f"lmi.features or data.image_size differ from training); {hint}.")
-
-
-# --------------------------------------------------------------------------------------
 # Sample grid
 
 
@@ -431,7 +362,7 @@ def write_samples(writer: writers.MetricWriter, workdir: str, step: int, grid: n
 
 
 def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
-              state: TrainState, images: np.ndarray, manager: ocp.CheckpointManager,
+              state: TrainState, images: np.ndarray, manager: checkpoints.CheckpointManager,
               writer: writers.MetricWriter) -> TrainState:
   """Steps from state.step to training.num_steps, with reports, samples and checkpoints.
 
@@ -468,7 +399,7 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
                          training.sample_steps, config.sampling.eps)
       write_samples(writer, workdir, step, np.asarray(grid))
     if step % training.checkpoint_every == 0 or step == training.num_steps or stop:
-      save_checkpoint(manager, jax_utils.unreplicate(rstate))
+      checkpoints.save(manager, step, jax_utils.unreplicate(rstate))
     if stop:
       logging.info("Stopped at step %d: training.time_limit_min=%g reached; rerun to resume.",
                    step, training.time_limit_min)
@@ -476,7 +407,7 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
   return jax.device_get(jax_utils.unreplicate(rstate))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+def train_score_model(config: ml_collections.ConfigDict, workdir: str,
                        images: np.ndarray | None = None) -> TrainState:
   """Trains the model of `config` into workdir, resuming from its latest checkpoint.
 
@@ -503,8 +434,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise InputError("the training split is empty; raise data.num_train_subjects.")
   cfg = step_config(config)
   state = create_train_state(jax.random.key(config.seed), cfg, config.data.image_size)
-  manager = checkpoint_manager(workdir, training.max_to_keep)
-  state = restore_checkpoint(manager, state)
+  manager = checkpoints.manager(checkpoints.score_folder(workdir), training.max_to_keep)
+  state = checkpoints.restore_latest(manager, state)
   logging.info("Score network %s: %d parameters; %d training slices; %d device(s) on %d host(s)",
                config.model.name, count_params(state.params), len(images),
                jax.device_count(), jax.process_count())

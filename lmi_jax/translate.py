@@ -28,14 +28,11 @@ from absl import logging
 from flax import linen as nn
 from skimage import exposure
 
-from lmi_jax import evaluation, lmi, pretrained, sampling, train
+from lmi_jax import checkpoints, evaluation, lmi, sampling
 from lmi_jax.data import load_dataset, nifti
 from lmi_jax.errors import InputError
 from lmi_jax.models import create_model, lmi_score, unconditional_score
 from lmi_jax.sde import SDE, sde_from_config
-
-_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @dataclasses.dataclass(frozen=True)
 class Context:
@@ -187,32 +184,6 @@ METHODS = {
 }
 
 
-def shipped_folder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-  """The shipped model folder used instead of `workdir`'s checkpoints, or None.
-
-  The shipped model (`sampling.pretrained`, a path relative to the working directory or
-  to the repository) is used only when the workdir holds no checkpoint of its own.
-  """
-  if train.latest_step(workdir) is not None or not config.sampling.pretrained:
-    return None
-  folder = config.sampling.pretrained
-  if not os.path.isabs(folder) and not os.path.isdir(folder):
-    folder = os.path.join(_REPOSITORY, folder)
-  return folder
-
-
-def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
-  """EMA parameters of the latest checkpoint in `workdir`, else of the shipped model
-  (`shipped_folder`)."""
-  folder = shipped_folder(config, workdir)
-  if folder is None:
-    return train.restore_ema_params(config, workdir)
-  variables, step = pretrained.load(config, folder)
-  logging.warning("%s holds no checkpoint: using the shipped model %s (training step %d).",
-                  workdir, folder, step)
-  return variables, step
-
-
 def make_context(config: ml_collections.ConfigDict, workdir: str,
                  train_target: np.ndarray | None, with_model: bool = True) -> Context:
   """The shared settings and, unless `with_model` is False, the restored model (`load_model`).
@@ -230,7 +201,7 @@ def make_context(config: ml_collections.ConfigDict, workdir: str,
 def load_model(ctx: Context, config: ml_collections.ConfigDict, workdir: str) -> Context:
   """`ctx` with the model of `config` restored from `workdir` (`restore_model`), and the
   SDE and LMI settings of `config`; the histogram reference is kept."""
-  variables, step = restore_model(config, workdir)
+  variables, step = checkpoints.restore_model(config, workdir)
   logging.info("Using EMA parameters of training step %d.", step)
   return dataclasses.replace(ctx, model=create_model(config.model), variables=variables,
                              sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi),
@@ -265,9 +236,9 @@ SEGMENTER_FILE = "segmenter.json"
 def stored_segmenter(config: ml_collections.ConfigDict, workdir: str) -> evaluation.KMeansSegmenter:
   """The K-means that goes with the model: stored in the shipped model's model.json, or in
   WORKDIR/segmenter.json; fitted on the target training slices (and saved there) if absent."""
-  folder = shipped_folder(config, workdir)
+  folder = checkpoints.shipped_folder(config, workdir)
   if folder is not None:
-    stored = pretrained.read_meta(folder).get("segmenter")
+    stored = checkpoints.read_meta(folder).get("segmenter")
     if stored:
       return evaluation.KMeansSegmenter(tuple(stored["centroids"]), stored["background_threshold"])
   path = os.path.join(workdir, SEGMENTER_FILE)

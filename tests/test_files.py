@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lmi_jax import files, pretrained
+from lmi_jax import checkpoints, files, pretrained
 from lmi_jax.errors import InputError
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -71,7 +71,7 @@ def test_exported_model_folder_has_the_mode_of_mkdir(tmp_path, umask):
   pretrained.write_model(params, CONFIG_FILE, {"step": 1}, str(out))
   os.mkdir(tmp_path / "plain")
   assert mode(out) == mode(tmp_path / "plain") == 0o777 & ~umask
-  assert mode(out / pretrained.PARAMS_FILE) == 0o666 & ~umask
+  assert mode(out / checkpoints.PARAMS_FILE) == 0o666 & ~umask
   with pytest.raises(FileNotFoundError):
     pretrained.write_model(params, str(tmp_path / "missing.py"), {}, str(tmp_path / "other"))
   assert sorted(os.listdir(tmp_path)) == ["model", "plain"]

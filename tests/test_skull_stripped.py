@@ -116,7 +116,7 @@ def trained_on_cases(cases, tmp_path_factory):
   config.training.sample_every = 0
   config.sampling.num_steps = 4
   config.sampling.batch_size = 4
-  train.train_and_evaluate(config, workdir)
+  train.train_score_model(config, workdir)
   return config, workdir
 
 

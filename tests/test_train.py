@@ -19,7 +19,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from configs import tiny
-from lmi_jax import losses, models, train, writers
+from lmi_jax import checkpoints, losses, models, train, writers
 from lmi_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +70,7 @@ def finish(process, timeout=300):
 
 def latest_checkpoint(workdir):
   """The whole latest checkpoint of a run as nested dicts of host arrays."""
-  manager = train.checkpoint_manager(str(workdir), create=False)
+  manager = checkpoints.manager(checkpoints.score_folder(str(workdir)), create=False)
   return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
 
 
@@ -104,13 +104,13 @@ def read_scalars(workdir):
 def reference(tmp_path_factory):
   """An uninterrupted 3-step run on one device: its workdir and final state."""
   workdir = tmp_path_factory.mktemp("reference")
-  state = train.train_and_evaluate(tiny_config(), str(workdir))
+  state = train.train_score_model(tiny_config(), str(workdir))
   return workdir, state
 
 
 def test_loss_falls_and_the_run_writes_its_outputs(tmp_path):
   config = tiny_config(DATA)
-  train.train_and_evaluate(config, str(tmp_path))
+  train.train_score_model(config, str(tmp_path))
   loss = read_scalars(tmp_path)["loss"]
   assert sorted(loss) == [10, 20, 30, 40]
   # Windows of 9-10 steps x 4 examples; the untrained network's loss is ~ |z|^2 / 2 = 512.
@@ -124,9 +124,9 @@ def test_loss_falls_and_the_run_writes_its_outputs(tmp_path):
 
 
 def test_stop_and_restart_resumes_to_the_same_parameters(reference, tmp_path, caplog):
-  train.train_and_evaluate(tiny_config(training__num_steps=2), str(tmp_path))
+  train.train_score_model(tiny_config(training__num_steps=2), str(tmp_path))
   with caplog.at_level(pylogging.INFO, logger="absl"):
-    state = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    state = train.train_score_model(tiny_config(), str(tmp_path))
   assert "Resuming from the checkpoint of step 2" in caplog.text
   assert int(state.step) == 3
   assert_same_state(latest_checkpoint(tmp_path), latest_checkpoint(reference[0]), atol=0.0)
@@ -134,26 +134,26 @@ def test_stop_and_restart_resumes_to_the_same_parameters(reference, tmp_path, ca
 
 def test_time_limit_stops_with_a_checkpoint_and_a_rerun_resumes(reference, tmp_path, caplog):
   with caplog.at_level(pylogging.INFO, logger="absl"):
-    state = train.train_and_evaluate(tiny_config(training__time_limit_min=1e-9), str(tmp_path))
+    state = train.train_score_model(tiny_config(training__time_limit_min=1e-9), str(tmp_path))
   assert int(state.step) == 1  # The limit is checked at each log step: here every step.
   assert "Stopped at step 1: training.time_limit_min=1e-09 reached" in caplog.text
-  assert train.latest_step(str(tmp_path)) == 1
-  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert checkpoints.latest_step(checkpoints.score_folder(str(tmp_path))) == 1
+  train.train_score_model(tiny_config(), str(tmp_path))
   assert_same_state(latest_checkpoint(tmp_path), latest_checkpoint(reference[0]), atol=0.0)
 
 
 def test_restore_ema_params(reference):
   workdir, state = reference
-  variables, step = train.restore_ema_params(tiny_config(), str(workdir))
+  variables, step = checkpoints.restore_ema_params(tiny_config(), str(workdir))
   assert step == 3
   assert_same_state({"step": 0, **variables}, {"step": 0, "params": state.ema_params}, atol=0.0)
   with pytest.raises(InputError, match="does not fit"):
-    train.restore_ema_params(tiny_config(model__nf=16), str(workdir))
+    checkpoints.restore_ema_params(tiny_config(model__nf=16), str(workdir))
 
 
 def test_restore_ema_params_without_a_checkpoint(tmp_path):
   with pytest.raises(InputError, match="holds no checkpoint"):
-    train.restore_ema_params(tiny_config(), str(tmp_path))
+    checkpoints.restore_ema_params(tiny_config(), str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import phantom_pd2t1_cpu, phantom_pd2t1_gpu, tiny
-from lmi_jax import ablation, lmi, models, pretrained, sde as sdes, train, translate
+from lmi_jax import ablation, checkpoints, lmi, models, pretrained, sde as sdes, train, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
   config.training.sample_every = 0
   config.sampling.num_steps = 4
   config.sampling.batch_size = 4
-  train.train_and_evaluate(config, workdir)
+  train.train_score_model(config, workdir)
   return config, workdir
 
 
@@ -92,17 +92,17 @@ def test_shipped_model_is_used_when_workdir_has_none(trained, tmp_path):
   config = config.copy_and_resolve_references()
   empty = str(tmp_path / "empty")
   with pytest.raises(InputError, match="no checkpoint"):
-    translate.restore_model(config, empty)
+    checkpoints.restore_model(config, empty)
   config.sampling.pretrained = shipped
-  variables, step = translate.restore_model(config, empty)
-  own, _ = translate.restore_model(config, workdir)
+  variables, step = checkpoints.restore_model(config, empty)
+  own, _ = checkpoints.restore_model(config, workdir)
   assert step == 4
   for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(own)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   wrong = config.copy_and_resolve_references()
   wrong.model.nf = 8
   with pytest.raises(InputError, match="does not fit"):
-    pretrained.load(wrong, shipped)
+    checkpoints.load_shipped(wrong, shipped)
 
 
 def test_float16_export_halves_the_file_and_loads_as_float32(trained, tmp_path):
@@ -110,10 +110,10 @@ def test_float16_export_halves_the_file_and_loads_as_float32(trained, tmp_path):
   folders = {d: str(tmp_path / d) for d in pretrained.STORAGE_DTYPES}
   for dtype, folder in folders.items():
     assert pretrained.export(config, CONFIG_FILE, workdir, folder, dtype)["dtype"] == dtype
-  size = {d: os.path.getsize(os.path.join(f, pretrained.PARAMS_FILE)) for d, f in folders.items()}
+  size = {d: os.path.getsize(os.path.join(f, checkpoints.PARAMS_FILE)) for d, f in folders.items()}
   assert size["float16"] < 0.6 * size["float32"]
-  full, _ = pretrained.load(config, folders["float32"])
-  half, _ = pretrained.load(config, folders["float16"])
+  full, _ = checkpoints.load_shipped(config, folders["float32"])
+  half, _ = checkpoints.load_shipped(config, folders["float16"])
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(half)):
     assert b.dtype == np.float32
     np.testing.assert_array_equal(b, a.astype(np.float16).astype(np.float32))
@@ -130,7 +130,7 @@ def test_shipped_models_denoise_phantom_slices(config_module, tmp_path):
   config.data.num_train_subjects, config.data.num_val_subjects = 1, 0
   config.data.num_test_subjects = 1
   test = load_dataset(config, str(tmp_path))["test"]
-  variables, _ = translate.restore_model(config, str(tmp_path))  # No checkpoint: the shipped one.
+  variables, _ = checkpoints.restore_model(config, str(tmp_path))  # No checkpoint: the shipped one.
   sde = sdes.sde_from_config(config.sde)
   clean, source = jnp.asarray(test["target"][:2]), jnp.asarray(test["source"][:2])
   t = jnp.full((2,), 0.3)
@@ -218,7 +218,7 @@ def test_trained_ablation_trains_a_model_per_setting(tmp_path):
   models = os.path.join(workdir, "models")
   assert sorted(os.listdir(models)) == sorted(names)
   for name in names:
-    assert train.latest_step(os.path.join(models, name)) == 2
+    assert checkpoints.latest_step(checkpoints.score_folder(os.path.join(models, name))) == 2
   with open(os.path.join(models, "lmi.features=cross", "config.json")) as f:
     assert json.load(f)["lmi"]["features"] == ["cross"]
   # One feature channel fewer: the network's input convolution has one input channel less.
@@ -227,19 +227,19 @@ def test_trained_ablation_trains_a_model_per_setting(tmp_path):
     setting = config.copy_and_resolve_references()
     if name != "baseline":
       setting.lmi.features = ("cross",)
-    params = train.restore_ema_params(setting, os.path.join(models, name))[0]["params"]
+    params = checkpoints.restore_ema_params(setting, os.path.join(models, name))[0]["params"]
     first_convs.append(min((leaf.shape for leaf in jax.tree_util.tree_leaves(params)
                             if leaf.ndim == 4), key=lambda shape: shape[2])[2])
   assert first_convs == [3, 2]
   assert rows[0]["metrics"] != rows[1]["metrics"]
   assert "| lmi.features=cross | lmi |" in table and "class means" in table.splitlines()[0]
   # A rerun finds every model trained: it only scores, with the same noise.
-  checkpoints = os.path.join(models, "lmi.features=cross", "checkpoints")
-  written = {f: os.path.getmtime(os.path.join(checkpoints, f)) for f in os.listdir(checkpoints)}
+  checkpoint_dir = os.path.join(models, "lmi.features=cross", "checkpoints")
+  written = {f: os.path.getmtime(os.path.join(checkpoint_dir, f)) for f in os.listdir(checkpoint_dir)}
   again, _ = ablation.ablate(config, workdir, grid, trained=True, baseline=False)
   assert again[0]["metrics"] == rows[1]["metrics"] and again[0]["step"] == 2
-  assert {f: os.path.getmtime(os.path.join(checkpoints, f))
-          for f in os.listdir(checkpoints)} == written
+  assert {f: os.path.getmtime(os.path.join(checkpoint_dir, f))
+          for f in os.listdir(checkpoint_dir)} == written
   # Another source contrast reuses the models: training saw the target only.
   config.data.source = "T2"
   t2, _ = ablation.ablate(config, workdir, [], trained=True)
@@ -262,7 +262,7 @@ def test_real_scan_model_ships_with_its_segmenter(tmp_path):
   from configs import brats_flair2t1
   config = brats_flair2t1.get_config()
   config.data.root = str(tmp_path / "no_data_here")
-  variables, step = translate.restore_model(config, str(tmp_path))
+  variables, step = checkpoints.restore_model(config, str(tmp_path))
   assert step > 0 and models.count_params(variables) == 448180
   segmenter = translate.stored_segmenter(config, str(tmp_path))
   assert segmenter.k == 3 and 0 < segmenter.centroids[0] < segmenter.centroids[1] < segmenter.centroids[2] < 1

@@ -1,0 +1,587 @@
+"""Faint-contrast sweep: lmi, sdedit, histmatch and identity against the source's tissue CNR.
+
+  PYTHONPATH=. python bench/contrast_sweep.py --split=val --out=/work/runs/sweep/before
+  PYTHONPATH=. python bench/contrast_sweep.py --split=val --methods=lmi --lmi-input=brain_stretch \
+      --baseline=/work/runs/sweep/before/results.json --out=/work/runs/sweep/brain_stretch
+  PYTHONPATH=. python bench/contrast_sweep.py --split=val --features-only --out=/work/runs/sweep/features
+
+Variants of the source of a phantom split (config data.source, PDw by default), simulated
+again from each subject's seed with changed pure-tissue signals, so partial volume, bias
+field, gain and the noise draw stay those of the subject:
+  c=<c>        tissue contrast scaled by c: signal_k -> m + c (signal_k - m), m the mean
+               signal of the subject's brain; the Rician noise std is kept.
+  noise=<k>    contrast as is, Rician noise std multiplied by k.
+  order=<a,b,c> the CSF, GM and WM signals replaced by those of tissues a, b, c (e.g.
+               order=gm,csf,wm swaps CSF and GM: grey matter brightest in PDw).
+Each variant then goes through the data pipeline (`slices.normalize`: 0 at the minimum, 1 at
+the 99.5th percentile of the Otsu foreground; the model's slice grid); the T1w target, the
+labels and the K-means are those of the split. c=1 reproduces the cached source (checked).
+
+Tissue CNR of a source slice: the mean over the anatomically adjacent pairs (CSF, GM) and
+(GM, WM) of |mean_a - mean_b| / sigma, where mean_k is the class mean (ground-truth label k)
+of the noise-free slice and sigma the standard deviation of (noisy - noise-free) inside the
+brain, both on the model's 64 x 64 grid after normalisation; the table gives its mean over
+the slices. `structure` is `lmi_jax.structure.structure_score` (label-free) per slice,
+averaged.
+
+Candidates at inference change the lmi method only: --lmi-override edits config.lmi
+(key=value), --lmi-input maps the source before it becomes the LMI reference (a monotone
+map changes only how its intensities fall into the Parzen bins, i.e. the bins and kernel
+width relative to the source's spread). Every run uses the same slices and sampling noise,
+so --baseline (an earlier results.json) gives paired differences with standard errors.
+--features-only measures the conditioning instead of translating: the cross-LMI map of
+(reference, x) against the map of (true target, x) for x = target + sigma noise, and the
+self map of the reference against the target's, as Pearson correlations inside the brain.
+
+Writes OUT/results.{json,csv}, OUT/sweep.png (Dice and SSIM against CNR) and keeps each
+variant's translations in OUT/outputs/<variant>.npz, which a rerun with the same settings
+reuses. Prints Markdown tables.
+"""
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import importlib.util
+import io
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import ndimage
+from skimage import filters
+
+from lmi_jax import evaluation, host, lmi, structure, translate
+from lmi_jax.data import dataset, nifti, phantom
+from lmi_jax.data import slices as slicing
+from lmi_jax.errors import InputError
+from lmi_jax.files import atomic_write
+
+# The phantom's random streams (phantom.phantom_subject names them in this order).
+_STREAMS = ("anatomy", "relaxation", "T1 scan", "PD/T2 scan") + phantom.CONTRASTS
+_TISSUES = ("csf", "gm", "wm")
+_ADJACENT = ((1, 2), (2, 3))  # (CSF, GM) and (GM, WM) label pairs.
+METHOD_NAMES = ("lmi", "sdedit", "histmatch", "identity")
+_METRICS = ("dice", "dice_gt", "psnr", "ssim")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A change of the source scan: contrast scale, noise factor and tissue order."""
+  contrast: float = 1.0
+  noise: float = 1.0
+  order: tuple[int, int, int] = (0, 1, 2)  # Signal of tissue order[k] for tissue k.
+
+  @property
+  def name(self) -> str:
+    if self.order != (0, 1, 2):
+      return "order=" + ",".join(_TISSUES[i] for i in self.order)
+    if self.noise != 1.0:
+      return f"noise={self.noise:g}"
+    return f"c={self.contrast:g}"
+
+  @property
+  def kind(self) -> str:
+    return self.name.split("=")[0]
+
+
+def parse_variants(levels: str, noise: str, orders: list[str]) -> list[Variant]:
+  """--levels "1,0.5", --noise "2.5,5", --order gm,csf,wm (repeatable) -> variants."""
+  variants = [Variant(contrast=float(c)) for c in levels.split(",") if c.strip()]
+  variants += [Variant(noise=float(k)) for k in noise.split(",") if k.strip()]
+  for text in orders:
+    names = [t.strip().lower() for t in text.split(",")]
+    if sorted(names) != sorted(_TISSUES):
+      raise InputError(f"--order={text!r}: give a permutation of {','.join(_TISSUES)}.")
+    variants.append(Variant(order=tuple(_TISSUES.index(n) for n in names)))
+  if not variants:
+    raise InputError("--levels, --noise and --order give no variant: name at least one.")
+  return variants
+
+
+@dataclasses.dataclass(frozen=True)
+class SubjectScan:
+  """What a phantom subject's source scan is made of (phantom.phantom_subject's recipe).
+
+  fractions: (3, X, Y, Z) CSF, GM, WM fractions of the slab; shading: (X, Y, Z) gain x bias;
+  signals: (3,) pure-tissue signals of the source contrast; sigma: Rician noise std.
+  """
+  seed: int
+  z0: int
+  fractions: np.ndarray
+  shading: np.ndarray
+  signals: np.ndarray
+  sigma: float
+  spacing: np.ndarray
+
+
+def subject_scan(seed: int, data: ml_collections.ConfigDict, slab: tuple[int, int]) -> SubjectScan:
+  """The source scan's parts for subject `seed`, drawn from the streams phantom_subject uses."""
+  p = data.phantom
+  fractions = phantom._warped_fractions(phantom._stream(seed, _STREAMS.index("anatomy")), p, slab)
+  relaxation = phantom.RELAXATION.copy()
+  jitter = phantom._stream(seed, _STREAMS.index("relaxation")).standard_normal((3, 2))
+  relaxation[:, 1:] *= np.exp(p.relax_jitter * jitter)
+  signals = phantom.tissue_signals(relaxation)[data.source]
+  shape, affine = phantom.phantom_grid(p.voxel_mm)
+  rng = phantom._stream(seed, _STREAMS.index("T1 scan" if data.source == "T1" else "PD/T2 scan"))
+  bias = np.exp(p.bias * phantom.smooth_field(rng, shape, phantom._BIAS_SPACING_MM / p.voxel_mm, slab))
+  gain = np.exp(phantom._GAIN_SIGMA * rng.standard_normal())
+  return SubjectScan(seed=seed, z0=slab[0], fractions=fractions, shading=gain * bias,
+                     signals=np.asarray(signals, np.float64),
+                     sigma=float(p.noise * gain * float(signals.max())),
+                     spacing=nifti.voxel_sizes(affine))
+
+
+def variant_slices(scan: SubjectScan, variant: Variant, data: ml_collections.ConfigDict,
+                   indices: np.ndarray, contrast: str
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The variant's normalised source slices, their noise-free counterparts, and the
+  adjacent tissues' signal differences in the same units.
+
+  Returns:
+    (S, H, W) noisy and (S, H, W) noise-free slices in [0, 1], both mapped by the noisy
+    volume's normalisation (so their difference is the noise), and (S, 2) |signal difference|
+    of (CSF, GM) and (GM, WM) as pure tissues under the slice's mean shading inside the
+    brain, normalised alike; S = len(indices).
+  """
+  weights = scan.fractions.sum((1, 2, 3))
+  mean = float(weights @ scan.signals / weights.sum())
+  signals = mean + variant.contrast * (scan.signals[list(variant.order)] - mean)
+  clean = scan.shading * np.tensordot(signals.astype(np.float32), scan.fractions, axes=1)
+  noisy = phantom._rician(clean, variant.noise * scan.sigma, scan.seed,
+                          _STREAMS.index(contrast), scan.z0).astype(np.float32)
+  normalised = slicing.normalize(noisy, data.p_lo, data.p_hi, data.mask)
+  lo = np.percentile(noisy, data.p_lo)
+  scale = max(np.percentile(noisy[slicing.brain(noisy, data.mask)], data.p_hi) - lo,
+              np.finfo(np.float32).tiny)
+  clean_n = np.clip((clean - lo) / scale, 0.0, 1.0)
+  brain = scan.fractions.sum(0) > 0.5
+  shading = np.array([scan.shading[..., z][brain[..., z]].mean() for z in indices])
+  gaps = np.abs(np.array([signals[a - 1] - signals[b - 1] for a, b in _ADJACENT]))
+  size = data.image_size
+  noisy_slices, clean_slices = (
+      slicing.volume_to_slices(v[:, :, indices].astype(np.float32), scan.spacing, size,
+                               range(len(indices))) for v in (normalised, clean_n))
+  return noisy_slices, clean_slices, shading[:, None] * gaps[None] / scale
+
+
+def make_variants(config: ml_collections.ConfigDict, split: dict[str, np.ndarray],
+                  variants: list[Variant]) -> dict[str, dict[str, np.ndarray]]:
+  """{variant name: {"source", "clean": (N, H, W, 1), "gaps": (N, 2)}} for the split's
+  subjects (`variant_slices`).
+
+  Raises if c=1 does not reproduce the split's (cached) source: the recipe above has drifted
+  from phantom.phantom_subject.
+  """
+  data = config.data
+  if data.dataset != "phantom":
+    raise InputError(f"data.dataset={data.dataset!r}: the sweep simulates phantom subjects only.")
+  shape, _ = phantom.phantom_grid(data.phantom.voxel_mm)
+  indices = slicing.slice_indices(shape[2], data.slice_range, data.slices_per_subject)
+  slab = (int(indices[0]), int(indices[-1]) + 1)
+  subjects = list(dict.fromkeys(int(s) for s in split["subject"]))
+  out = {v.name: {"source": [], "clean": [], "gaps": []} for v in variants}
+  start = time.time()
+  for n, subject in enumerate(subjects):
+    scan = subject_scan(dataset.subject_seed(data.seed, subject), data, slab)
+    for variant in variants:
+      noisy, clean, gaps = variant_slices(scan, variant, data, indices - slab[0], data.source)
+      out[variant.name]["source"].append(noisy[..., None])
+      out[variant.name]["clean"].append(clean[..., None])
+      out[variant.name]["gaps"].append(gaps)
+    elapsed = time.time() - start
+    logging.info("variants: subject %d/%d, %.0f s elapsed, about %.0f s left", n + 1,
+                 len(subjects), elapsed, elapsed / (n + 1) * (len(subjects) - n - 1))
+  count = len(split["subject"])
+  arrays = {name: {k: np.concatenate(v)[:count] for k, v in parts.items()}
+            for name, parts in out.items()}
+  _check_recipe(config, split, slab, indices, arrays)
+  return arrays
+
+
+def _check_recipe(config: ml_collections.ConfigDict, split: dict[str, np.ndarray],
+                  slab: tuple[int, int], indices: np.ndarray, arrays: dict) -> None:
+  """Raises unless c=1 reproduces the split's (cached) source for its first subject: the
+  recipe above would have drifted from phantom.phantom_subject."""
+  data = config.data
+  count = data.slices_per_subject
+  if Variant().name in arrays:
+    rebuilt = arrays[Variant().name]["source"][:count, ..., 0]
+  else:
+    scan = subject_scan(dataset.subject_seed(data.seed, int(split["subject"][0])), data, slab)
+    rebuilt = variant_slices(scan, Variant(), data, indices - slab[0], data.source)[0]
+  error = float(np.abs(rebuilt - split["source"][:count, ..., 0]).max())
+  if error > 1e-4:
+    raise RuntimeError(f"c=1 differs from the cached source by {error:.2g}: the sweep's copy of "
+                       "phantom.phantom_subject is out of date.")
+
+
+def tissue_cnr(source: np.ndarray, clean: np.ndarray, gaps: np.ndarray,
+               labels: np.ndarray) -> np.ndarray:
+  """(N,) tissue CNR per slice (module docstring): the mean of the (N, 2) tissue signal
+  gaps over the noise std, the std of (N, H, W, 1) noisy less noise-free slices inside the
+  (N, H, W) labels' brain."""
+  brain = labels > 0
+  sigma = np.array([np.std((s - c)[..., 0][m]) for s, c, m in zip(source, clean, brain)])
+  return gaps.mean(1) / sigma
+
+
+# --------------------------------------------------------------------------------------
+# Candidate maps of the LMI reference (monotone: they change binning, not information)
+
+
+def _brain_and_background(image: np.ndarray) -> tuple[np.ndarray, float]:
+  """(H, W) bool brain (Otsu foreground, holes filled) of one slice, and the Otsu threshold."""
+  threshold = float(filters.threshold_otsu(image))
+  return ndimage.binary_fill_holes(image > threshold), threshold
+
+
+def brain_stretch(image: np.ndarray, floor: float = 0.2, p_lo: float = 1.0,
+                  p_hi: float = 99.0) -> np.ndarray:
+  """One (H, W) slice mapped piecewise linearly: [0, Otsu] -> [0, floor] for the background,
+  the brain's p_lo..p_hi percentiles -> [floor, 1]; monotone, clipped."""
+  brain, threshold = _brain_and_background(image)
+  lo, hi = np.percentile(image[brain], [p_lo, p_hi])
+  inside = floor + (1.0 - floor) * np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+  outside = floor * np.clip(image / max(threshold, 1e-6), 0.0, 1.0)
+  return np.where(brain, inside, np.minimum(outside, floor)).astype(np.float32)
+
+
+def brain_equalize(image: np.ndarray, floor: float = 0.2) -> np.ndarray:
+  """One (H, W) slice: brain intensities replaced by their mid-rank among the brain's,
+  mapped to [floor, 1]; the background as in `brain_stretch`."""
+  brain, threshold = _brain_and_background(image)
+  values = np.sort(image[brain])
+  ranks = (np.searchsorted(values, image, "left") + np.searchsorted(values, image, "right") - 1) / 2
+  inside = floor + (1.0 - floor) * np.clip(ranks / max(len(values) - 1, 1), 0.0, 1.0)
+  outside = floor * np.clip(image / max(threshold, 1e-6), 0.0, 1.0)
+  return np.where(brain, inside, np.minimum(outside, floor)).astype(np.float32)
+
+
+LMI_INPUTS = {
+    "none": lambda image: image,
+    "brain_stretch": brain_stretch,
+    "brain_stretch_f0": lambda image: brain_stretch(image, floor=0.0),
+    "brain_stretch_f40": lambda image: brain_stretch(image, floor=0.4),
+    "brain_equalize": brain_equalize,
+    "smooth_stretch": lambda image: brain_stretch(ndimage.gaussian_filter(image, 0.7)),
+}
+
+
+def lmi_input(name: str, source: np.ndarray) -> np.ndarray:
+  """The (N, H, W, 1) source as the lmi method's reference, mapped by LMI_INPUTS[name]."""
+  if name not in LMI_INPUTS:
+    raise InputError(f"--lmi-input={name!r}: choose from {sorted(LMI_INPUTS)}.")
+  if name == "none":
+    return source
+  return np.stack([LMI_INPUTS[name](s[..., 0]) for s in source])[..., None]
+
+
+# --------------------------------------------------------------------------------------
+# Configuration
+
+
+def _parse_value(text: str, current):
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false"):
+      raise ValueError(text)
+    return text.lower() == "true"
+  if isinstance(current, tuple):
+    return tuple(item for item in text.split("+"))
+  return type(current)(text)
+
+
+def load_config(path: str, source: str, overrides: list[str], split: str,
+                sampling: list[str]) -> ml_collections.ConfigDict:
+  """The config file's get_config() with data.source, eval.split and the key=value
+  overrides of config.lmi and config.sampling applied."""
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  if spec is None or spec.loader is None:
+    raise InputError(f"--config={path!r}: not a Python config file.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.source = source
+  config.eval.split = split
+  for section, items in (("lmi", overrides), ("sampling", sampling)):
+    for text in items:
+      key, sep, value = text.partition("=")
+      if not sep or key not in config[section]:
+        raise InputError(f"--{section}-override {text!r}: expected key=value with a key of "
+                         f"config.{section} ({sorted(config[section])}).")
+      try:
+        config[section][key] = _parse_value(value, config[section][key])
+      except ValueError:
+        raise InputError(f"--{section}-override {text!r}: {value!r} is not of the type of "
+                         f"{config[section][key]!r}.") from None
+  lmi.from_config(config.lmi)
+  return config
+
+
+# --------------------------------------------------------------------------------------
+# Translation and scores
+
+
+def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str) -> str:
+  """What a method's output depends on besides the variant: lmi and sampling sections, the
+  reference map, the split and the slice count."""
+  parts = [args.split, str(args.max_slices), config.data.source, method]
+  if method in ("lmi", "sdedit"):
+    parts += [config.lmi.to_json(sort_keys=True), config.sampling.to_json(sort_keys=True)]
+  if method == "lmi":
+    parts.append(args.lmi_input)
+  return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
+                      args: argparse.Namespace, name: str, source: np.ndarray,
+                      methods: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """Each method's (N, H, W, 1) translation, reusing OUT/outputs/<name>.npz entries made
+  with the same settings. Methods keep their index in METHOD_NAMES for their noise key, so a
+  run of lmi alone draws the noise it draws in a full run."""
+  path = os.path.join(args.out, "outputs", name.replace("=", "_").replace(",", "-") + ".npz")
+  stored = dict(np.load(path)) if os.path.isfile(path) else {}
+  outputs = {}
+  for method in methods:
+    key = _settings_key(config, args, method)
+    if f"{method}/{key}" in stored:
+      outputs[method] = stored[f"{method}/{key}"]
+      continue
+    given = lmi_input(args.lmi_input, source) if method == "lmi" else source
+    start = time.time()
+    noise_key = jax.random.fold_in(translate.sampling_key(config), METHOD_NAMES.index(method))
+    outputs[method] = translate.inside_source_brain(
+        config, source, translate.METHODS[method](ctx, given, noise_key))
+    logging.info("%s %s: %d slices in %.1f s", name, method, len(source), time.time() - start)
+    stored[f"{method}/{key}"] = outputs[method]
+    evaluation.save_npz_atomic(path, **stored)
+  return outputs
+
+
+def summarise(report: dict, per_slice_cnr: np.ndarray, scores: np.ndarray) -> dict:
+  """The report's per-method metrics, with the variant's CNR and structure score."""
+  methods = {}
+  for name, entry in report["methods"].items():
+    methods[name] = {m: entry[m] for m in _METRICS if m in entry}
+    methods[name]["per_slice"] = entry["per_slice"]
+  return {"cnr": float(np.nanmean(per_slice_cnr)), "cnr_std": float(np.nanstd(per_slice_cnr)),
+          "cnr_per_slice": per_slice_cnr.tolist(), "structure": float(np.mean(scores)),
+          "structure_per_slice": scores.tolist(), "methods": methods}
+
+
+def paired(rows: dict, baseline: dict, variant: str, method: str, metric: str) -> tuple[float, float] | None:
+  """(mean difference, its standard error) of a metric over the same slices, or None."""
+  try:
+    a = np.asarray(rows[variant]["methods"][method]["per_slice"][metric], float)
+    b = np.asarray(baseline[variant]["methods"][method]["per_slice"][metric], float)
+  except KeyError:
+    return None
+  if a.shape != b.shape:
+    return None
+  d = a - b
+  d = d[np.isfinite(d)]
+  return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+
+
+def feature_study(config: ml_collections.ConfigDict, args: argparse.Namespace,
+                  reference: np.ndarray, target: np.ndarray, labels: np.ndarray) -> dict:
+  """Pearson correlations inside the brain, averaged over slices: cross-LMI(reference, x)
+  against cross-LMI(target, x) for x = target + sigma z at each --feature-sigmas, and
+  self-LMI(reference) against self-LMI(target); with the brain std ratio of the maps."""
+  cfg = lmi.from_config(config.lmi)
+  key = jax.random.PRNGKey(int(config.seed))
+  brain = labels > 0
+
+  def correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    rs, ratios = [], []
+    for x, y, m in zip(a[..., 0], b[..., 0], brain):
+      x, y = x[m], y[m]
+      if x.std() > 0 and y.std() > 0:
+        rs.append(float(np.corrcoef(x, y)[0, 1]))
+      ratios.append(float(x.std() / max(y.std(), 1e-12)))
+    return (float(np.mean(rs)) if rs else 0.0), float(np.mean(ratios))
+
+  out = {}
+  self_ref = np.asarray(lmi.self_lmi(reference, cfg))
+  self_target = np.asarray(lmi.self_lmi(target, cfg))
+  out["self_r"], out["self_std_ratio"] = correlations(self_ref, self_target)
+  for sigma in args.feature_sigmas:
+    x = target + sigma * np.asarray(jax.random.normal(jax.random.fold_in(key, int(sigma * 1e4)),
+                                                      target.shape))
+    ref_map = np.asarray(lmi.cross_lmi(reference, x, cfg).value)
+    target_map = np.asarray(lmi.cross_lmi(target, x, cfg).value)
+    out[f"cross_r@{sigma:g}"], out[f"cross_std_ratio@{sigma:g}"] = correlations(ref_map, target_map)
+  return out
+
+
+# --------------------------------------------------------------------------------------
+# Output
+
+
+def write_csv(rows: dict, path: str) -> None:
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(["variant", "cnr", "cnr_std", "structure", "method"]
+                  + [f"{m}_{s}" for m in _METRICS for s in ("mean", "std")])
+  for name, row in rows.items():
+    for method, entry in row.get("methods", {}).items():
+      writer.writerow([name, f"{row['cnr']:.3f}", f"{row['cnr_std']:.3f}", f"{row['structure']:.3f}",
+                       method] + [f"{entry[m][s]:.4f}" if m in entry else ""
+                                  for m in _METRICS for s in ("mean", "std")])
+  atomic_write(path, buffer.getvalue().encode())
+
+
+def markdown(rows: dict, methods: tuple[str, ...], baseline: dict | None) -> str:
+  """One line per variant: CNR, structure score, and Dice / PSNR / SSIM of each method."""
+  head = ["variant", "CNR", "structure"]
+  for method in methods:
+    head += [f"{method} Dice", f"{method} PSNR", f"{method} SSIM"]
+    if baseline is not None:
+      head += [f"{method} ΔDice (paired SE)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for name, row in rows.items():
+    cells = [name, f"{row['cnr']:.2f}", f"{row['structure']:.2f}"]
+    for method in methods:
+      entry = row["methods"].get(method)
+      if entry is None:
+        cells += ["", "", ""] + ([""] if baseline is not None else [])
+        continue
+      cells += [evaluation.format_summary(entry[m], evaluation.METRIC_DECIMALS[m])
+                for m in ("dice", "psnr", "ssim")]
+      if baseline is not None:
+        diff = paired(rows, baseline, name, method, "dice")
+        cells.append("n/a" if diff is None else f"{diff[0]:+.3f} ({diff[1]:.3f})")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot(rows: dict, methods: tuple[str, ...], path: str, title: str) -> None:
+  """Dice and SSIM against tissue CNR (log axis): lines over the contrast levels, markers
+  for the noise and tissue-order variants."""
+  fig = Figure(figsize=(10, 4), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 2)
+  colours = dict(zip(METHOD_NAMES, ("C0", "C1", "C2", "C7")))
+  markers = {"noise": "s", "order": "^"}
+  for ax, metric in zip(axes, ("dice", "ssim")):
+    for method in methods:
+      levels = sorted((r["cnr"], r["methods"][method][metric]["mean"])
+                      for n, r in rows.items() if n.startswith("c=") and method in r["methods"])
+      if levels:
+        ax.plot(*zip(*levels), "-o", color=colours.get(method), label=method, ms=4)
+      for name, row in rows.items():
+        kind = name.split("=")[0]
+        if kind in markers and method in row["methods"]:
+          ax.plot(row["cnr"], row["methods"][method][metric]["mean"], markers[kind],
+                  color=colours.get(method), mfc="none", ms=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("source tissue CNR (log)")
+    ax.set_ylabel(evaluation.METRIC_TITLES[metric])
+    ax.grid(alpha=0.3)
+  axes[0].legend(title="lines: contrast c; □ noise, △ tissue order", fontsize=8)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  atomic_write(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default="configs/phantom_pd2t1_cpu.py", help="Config file.")
+  parser.add_argument("--workdir", default="/work/runs/sweep",
+                      help="Run folder: data cache; its checkpoint, else the shipped model.")
+  parser.add_argument("--out", required=True, help="Results folder.")
+  parser.add_argument("--split", default="val", choices=("val", "test"),
+                      help="val for choices, test for the final table only.")
+  parser.add_argument("--max-slices", type=int, default=0, help="First slices of the split (0: all).")
+  parser.add_argument("--source", default="PD", help="config.data.source (PD, T2).")
+  parser.add_argument("--levels", default="1,0.5,0.25,0.12,0.06,0.03", help="Contrast scales c.")
+  parser.add_argument("--noise", default="2.5,5,10", help="Noise std factors at c=1.")
+  parser.add_argument("--order", action="append", default=None,
+                      help="Tissue order variant, e.g. gm,csf,wm (repeatable; default gm,csf,wm).")
+  parser.add_argument("--methods", default=",".join(METHOD_NAMES), help="Comma-separated.")
+  parser.add_argument("--lmi-override", nargs="*", default=[], metavar="KEY=VALUE",
+                      help="config.lmi changes for the lmi method, e.g. normalize=percentile.")
+  parser.add_argument("--sampling-override", nargs="*", default=[], metavar="KEY=VALUE",
+                      help="config.sampling changes, e.g. method=em.")
+  parser.add_argument("--lmi-input", default="none", choices=sorted(LMI_INPUTS),
+                      help="Monotone map of the source before it becomes the LMI reference.")
+  parser.add_argument("--baseline", default="", help="An earlier results.json for paired ΔDice.")
+  parser.add_argument("--features-only", action="store_true",
+                      help="Measure the conditioning maps instead of translating.")
+  parser.add_argument("--feature-sigmas", type=float, nargs="*", default=[0.02, 0.1, 0.3])
+  args = parser.parse_args(argv)
+  args.order = ["gm,csf,wm"] if args.order is None else [o for o in args.order if o]
+  return args
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  logging.set_verbosity(logging.INFO)
+  methods = translate.check_methods(tuple(m for m in args.methods.split(",") if m))
+  config = load_config(args.config, args.source, args.lmi_override, args.split,
+                       args.sampling_override)
+  config.eval.max_slices = args.max_slices
+  host.split_host(int(config.host_devices))
+  variants = parse_variants(args.levels, args.noise, args.order)
+  needed = () if args.features_only else methods
+  split, segmenter, ctx = translate.prepare_split(config, args.workdir, needed)
+  made = make_variants(config, split, variants)
+  baseline = None
+  if args.baseline:
+    with open(args.baseline) as f:
+      baseline = json.load(f)["rows"]
+  rows, features = {}, {}
+  for variant in variants:
+    parts = made[variant.name]
+    cnr = tissue_cnr(parts["source"], parts["clean"], parts["gaps"], split["labels"])
+    scores = np.array([structure.structure_score(s, structure.brain_mask(s)) for s in parts["source"]])
+    if args.features_only:
+      reference = lmi_input(args.lmi_input, parts["source"])
+      features[variant.name] = dict(cnr=float(np.nanmean(cnr)), structure=float(scores.mean()),
+                                    **feature_study(config, args, reference, split["target"],
+                                                    split["labels"]))
+      logging.info("%s: %s", variant.name, features[variant.name])
+      continue
+    outputs = translate_variant(ctx, config, args, variant.name, parts["source"], methods)
+    report = translate.score_split(config, outputs, dict(split, source=parts["source"]), segmenter)
+    rows[variant.name] = summarise(report, cnr, scores)
+  settings = {"config": args.config, "split": args.split, "source": args.source,
+              "n_slices": len(split["source"]), "lmi": config.lmi.to_dict(),
+              "sampling": config.sampling.to_dict(), "lmi_input": args.lmi_input,
+              "methods": list(methods)}
+  if args.features_only:
+    keys = list(next(iter(features.values())))
+    table = ["| variant | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    table += ["| " + name + " | " + " | ".join(f"{v[k]:.3f}" for k in keys) + " |"
+              for name, v in features.items()]
+    text = "\n".join(table)
+    atomic_write(os.path.join(args.out, "features.json"),
+                 json.dumps({"settings": settings, "rows": features}, indent=1).encode())
+  else:
+    text = markdown(rows, methods, baseline)
+    atomic_write(os.path.join(args.out, "results.json"),
+                 json.dumps(evaluation.json_safe({"settings": settings, "rows": rows}),
+                            indent=1).encode())
+    write_csv(rows, os.path.join(args.out, "results.csv"))
+    title = (f"{args.source} -> {config.data.target}, {args.split} ({len(split['source'])} slices); "
+             f"lmi input {args.lmi_input}; lmi {' '.join(args.lmi_override) or 'as configured'}")
+    plot(rows, methods, os.path.join(args.out, "sweep.png"), title)
+  atomic_write(os.path.join(args.out, "table.md"), (text + "\n").encode())
+  print(text)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,161 @@
+"""Checkpoints: orbax managers, saving and restoring a state, and the score network's EMA
+parameters of a training run, with the checks that name what does not fit.
+
+Translation restores through this module alone, so it needs no optimizer, metrics or
+TensorBoard code.
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import serialization
+
+from lmi_jax.errors import InputError
+from lmi_jax.models import create_model, init_variables
+
+CHECKPOINT_DIR = "checkpoints"  # The score model's checkpoints in a workdir.
+CheckpointManager = ocp.CheckpointManager
+# A shipped model folder (written by lmi_jax.pretrained): parameters, config, metadata.
+PARAMS_FILE = "ema_params.msgpack"
+CONFIG_FILE = "config.py"
+META_FILE = "model.json"
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def manager(folder: str, max_to_keep: int = 1, create: bool = True) -> ocp.CheckpointManager:
+  """orbax manager of the checkpoints in `folder` (made if `create`)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+  return ocp.CheckpointManager(os.path.abspath(folder), options=options)
+
+
+def save(store: ocp.CheckpointManager, step: int, tree: Any) -> None:
+  """Saves `tree` as host arrays, so a checkpoint restores on any device."""
+  store.save(int(step), args=ocp.args.StandardSave(jax.device_get(tree)))
+
+
+def restore_latest(store: ocp.CheckpointManager, template: Any) -> Any:
+  """The latest checkpoint in the structure of `template`, or `template` itself if there is
+  none. A checkpoint that does not fit the template is an InputError naming its folder."""
+  step = store.latest_step()
+  if step is None:
+    return template
+  logging.info("Resuming from the checkpoint of step %d", step)
+  try:
+    return store.restore(step, args=ocp.args.StandardRestore(jax.device_get(template)))
+  except (ValueError, KeyError, TypeError) as error:
+    raise InputError(f"{store.directory}/{step}: does not fit this config or is damaged "
+                     f"({type(error).__name__}); use the config it was trained with, or move "
+                     "the folder away to start afresh.") from error
+
+
+def latest_step(folder: str) -> int | None:
+  """Step of the latest checkpoint in `folder`, None when it holds none (nothing is created)."""
+  if not os.path.isdir(folder):
+    return None
+  return manager(folder, create=False).latest_step()
+
+
+def score_folder(workdir: str) -> str:
+  """The folder of the score model's checkpoints in a workdir."""
+  return os.path.join(workdir, CHECKPOINT_DIR)
+
+
+def check_params_fit(config: ml_collections.ConfigDict, params: Any, where: str,
+                     hint: str) -> None:
+  """Raise InputError naming `where` (and ending with `hint`) unless `params` has the tree
+  and shapes of the parameters of the score network that `config` describes."""
+  in_channels = 1 + len(config.lmi.features)
+  expected = jax.eval_shape(
+      lambda key: init_variables(create_model(config.model), key, config.data.image_size,
+                                 in_channels), jax.random.key(0))["params"]
+  if (jax.tree.structure(params) != jax.tree.structure(expected) or
+      jax.tree.map(np.shape, params) != jax.tree.map(np.shape, expected)):
+    raise InputError(f"{where} does not fit the network of this config (model.*, "
+                     f"lmi.features or data.image_size differ from training); {hint}.")
+
+
+def restore_ema_params(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
+  """The EMA parameters of the latest checkpoint in workdir, and its step.
+
+  Returns:
+    ({"params": EMA parameters as host arrays}, step): the variables to call the network
+    with, `score_fn(model, variables, ...)`, model = `create_model(config.model)`.
+  """
+  folder = score_folder(workdir)
+  step = latest_step(folder)
+  if step is None:
+    raise InputError(f"{folder} holds no checkpoint; train first (--mode=train with this "
+                     "--workdir) or point --workdir at a trained run.")
+  try:
+    params = manager(folder, create=False).restore(
+        step, args=ocp.args.StandardRestore())["ema_params"]
+  except (ValueError, KeyError, TypeError, OSError) as error:
+    raise InputError(f"{folder}/{step}: the checkpoint cannot be read ({type(error).__name__}); "
+                     "it is damaged: delete that step's folder to use the one before, or "
+                     "retrain.") from error
+  check_params_fit(config, params, where=f"{folder}/{step}",
+                   hint="use the config the run was trained with, "
+                        f"{os.path.join(workdir, 'config.json')}")
+  return {"params": params}, step
+
+
+def read_meta(folder: str) -> dict:
+  """The model.json of a shipped model folder."""
+  path = os.path.join(folder, META_FILE)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as exc:
+    raise InputError(f"{path}: missing or not JSON ({exc}); export the model again "
+                     "(python -m lmi_jax.pretrained).") from exc
+
+
+def load_shipped(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, int]:
+  """The shipped EMA parameters in `folder` as ({"params": ...}, step).
+
+  Raises InputError when the folder is missing or the parameters do not fit the network
+  of `config` (use the config.py stored beside them).
+  """
+  path = os.path.join(folder, PARAMS_FILE)
+  if not os.path.isfile(path):
+    raise InputError(f"sampling.pretrained = {folder!r}: {path} does not exist; train a model "
+                     "(--mode=train) or point sampling.pretrained at an exported folder.")
+  with open(path, "rb") as f:
+    params = jax.tree.map(lambda p: np.asarray(p, np.float32),
+                          serialization.msgpack_restore(f.read()))
+  step = int(read_meta(folder)["step"])
+  check_params_fit(config, params, where=path,
+                         hint=f"use the config it was trained with, {os.path.join(folder, CONFIG_FILE)}")
+  return {"params": params}, step
+
+
+def shipped_folder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+  """The shipped model folder used instead of `workdir`'s checkpoints, or None.
+
+  The shipped model (`sampling.pretrained`, a path relative to the working directory or
+  to the repository) is used only when the workdir holds no checkpoint of its own.
+  """
+  if latest_step(score_folder(workdir)) is not None or not config.sampling.pretrained:
+    return None
+  folder = config.sampling.pretrained
+  if not os.path.isabs(folder) and not os.path.isdir(folder):
+    folder = os.path.join(_REPOSITORY, folder)
+  return folder
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
+  """EMA parameters of the latest checkpoint in `workdir`, else of the shipped model
+  (`shipped_folder`)."""
+  folder = shipped_folder(config, workdir)
+  if folder is None:
+    return restore_ema_params(config, workdir)
+  variables, step = load_shipped(config, folder)
+  logging.warning("%s holds no checkpoint: using the shipped model %s (training step %d).",
+                  workdir, folder, step)
+  return variables, step
