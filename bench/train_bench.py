@@ -38,9 +38,10 @@ def timed(fn, steps: int) -> float:
 CONFIGS = {"default": default, "authors": authors_unet}
 
 
-def measure(size: int, batch: int, steps: int, arch: str) -> dict:
+def measure(size: int, batch: int, steps: int, arch: str, kernel_grad: str) -> dict:
   config = CONFIGS[arch].get_config()
   config.data.image_size = size
+  config.model.host_kernel_grad = kernel_grad == "host"
   cfg = train.step_config(config)
   devices = jax.local_device_count()
   if batch % devices:
@@ -77,20 +78,23 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
   parser.add_argument("--archs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                       help="default: configs/default.py; authors: configs/authors_unet.py")
+  parser.add_argument("--kernel-grads", nargs="+", default=["host"], choices=["host", "xla"],
+                      help="model.host_kernel_grad on (host: OpenBLAS) or off (xla)")
   args = parser.parse_args()
 
   device = jax.devices()[0]
   print(f"training step on {jax.local_device_count()} x {device.device_kind} "
         f"({platform.machine()}, {os.cpu_count()} cores), jax {jax.__version__}\n")
-  print("| network | size | batch | params | images/s | s/step | LMI ms/batch | first step s |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  print("| network | kernel grad | size | batch | params | images/s | s/step | LMI ms/batch | first step s |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for arch in args.archs:
     for size in args.sizes:
       for batch in args.batches:
-        r = measure(size, batch, args.steps, arch)
-        print(f"| {arch} | {size}x{size} | {batch} | {r['params'] / 1e6:.2f}M "
-              f"| {r['images_per_s']:.2f} "
-              f"| {r['step_s']:.2f} | {r['lmi_ms']:.0f} | {r['compile_s']:.0f} |", flush=True)
+        for kernel_grad in args.kernel_grads:
+          r = measure(size, batch, args.steps, arch, kernel_grad)
+          print(f"| {arch} | {kernel_grad} | {size}x{size} | {batch} | {r['params'] / 1e6:.2f}M "
+                f"| {r['images_per_s']:.2f} | {r['step_s']:.2f} | {r['lmi_ms']:.0f} "
+                f"| {r['compile_s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.fourier_scale = 16.0  # Std of the random Fourier frequencies.
   model.init_scale = 0.0  # Init scale of layers closing a residual branch and of the output (0: zero).
   model.conditional = True  # Condition the network on the noise level.
+  model.host_kernel_grad = True  # CPU only: convolution kernel gradients by OpenBLAS in a host callback (training ~1.4x faster; off: XLA's own, e.g. to take second derivatives).
   model.scale_by_sigma = True  # Feeding: score = network output / std(t), so the output has unit scale.
 
   # --- SDE (lmi_jax/sde.py) --------------------------------------------------

@@ -106,3 +106,39 @@ def test_group_norm_matches_flax():
   grads = [jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x))))(variables) for m in (ours, ref)]
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4),
                          *grads)
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    ({"rhs_dilation": (2, 2)}, "dilation"),
+    ({"feature_group_count": 5}, "feature_group_count=5"),
+    ({"precision": jax.lax.Precision.HIGHEST}, "precision"),
+    ({"dimension_numbers": jax.lax.conv_dimension_numbers((1, 5, 9, 8), (7, 5, 3, 3),
+                                                          ("NCHW", "OIHW", "NCHW"))},
+     "dimension_numbers"),
+])
+def test_conv_refuses_what_it_does_not_compute(kwargs, named):
+  x, w = jnp.zeros((1, 9, 8, 5)), jnp.zeros((3, 3, 5, 7))
+  with pytest.raises(NotImplementedError, match=named):
+    layers.conv_general_dilated(x, w, (1, 1), "SAME", **kwargs)
+
+
+def test_network_gradients_equal_with_the_host_kernel_gradient_on_and_off():
+  """The config switch model.host_kernel_grad changes how, not what: same parameters, same
+  loss gradient (to float32 rounding) as XLA's own kernel gradient."""
+  from configs import tiny
+  from lmi_jax.models import create_model, init_variables
+  config = tiny.get_config()
+  config.model.init_scale = 1.0  # A zero output layer would leave every other gradient zero.
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  grads = []
+  for flag in (True, False):
+    config.model.host_kernel_grad = flag
+    model = create_model(config.model)
+    params = init_variables(model, jax.random.key(1), 32, 3)["params"]
+    loss = lambda p: jnp.sum(model.apply({"params": p}, x, jnp.ones((2,)), train=False) ** 2)
+    grads.append(jax.grad(loss)(params))
+  flat_on, flat_off = (jax.tree.leaves(g) for g in grads)
+  assert len(flat_on) == len(flat_off) > 10
+  assert sum(float(jnp.abs(a).sum()) > 0 for a in flat_on) > 0.9 * len(flat_on)
+  for a, b in zip(flat_on, flat_off):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)

@@ -95,16 +95,35 @@ def lrelu(x: jax.Array) -> jax.Array:
   return jax.nn.leaky_relu(x, 0.2) * LRELU_GAIN
 
 
+def _upsample_axis(x: jax.Array, axis: int) -> jax.Array:
+  """Doubles one axis by linear interpolation at half-pixel centres (edge replicated)."""
+  n = x.shape[axis]
+  padded = jnp.concatenate([jax.lax.slice_in_dim(x, 0, 1, axis=axis), x,
+                            jax.lax.slice_in_dim(x, n - 1, n, axis=axis)], axis)
+  previous = jax.lax.slice_in_dim(padded, 0, n, axis=axis)
+  following = jax.lax.slice_in_dim(padded, 2, n + 2, axis=axis)
+  even, odd = 0.25 * previous + 0.75 * x, 0.75 * x + 0.25 * following
+  stacked = jnp.stack([even, odd], axis + 1)
+  return stacked.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
+
+
+def _downsample_axis(x: jax.Array, axis: int) -> jax.Array:
+  """Halves one axis with the [1, 3, 3, 1] / 8 filter (edge replicated)."""
+  n = x.shape[axis]
+  padded = jnp.concatenate([jax.lax.slice_in_dim(x, 0, 1, axis=axis), x,
+                            jax.lax.slice_in_dim(x, n - 1, n, axis=axis)], axis)
+  tap = lambda start: jax.lax.slice_in_dim(padded, start, start + n - 1, stride=2, axis=axis)
+  return (tap(0) + 3.0 * tap(1) + 3.0 * tap(2) + tap(3)) / 8.0
+
+
 def upsample2(x: jax.Array) -> jax.Array:
   """(N, H, W, C) -> (N, 2H, 2W, C), bilinear: StyleGAN's [1,3,3,1] FIR up-sampling."""
-  n, h, w, c = x.shape
-  return jax.image.resize(x, (n, 2 * h, 2 * w, c), "linear")
+  return _upsample_axis(_upsample_axis(x, 1), 2)
 
 
 def downsample2(x: jax.Array) -> jax.Array:
-  """(N, H, W, C) -> (N, H/2, W/2, C), [1,3,3,1] FIR filter (antialiased linear resize)."""
-  n, h, w, c = x.shape
-  return jax.image.resize(x, (n, h // 2, w // 2, c), "linear", antialias=True)
+  """(N, H, W, C) -> (N, H/2, W/2, C), StyleGAN's [1,3,3,1] FIR down-sampling."""
+  return _downsample_axis(_downsample_axis(x, 1), 2)
 
 
 def conv2d(x: jax.Array, weight: jax.Array) -> jax.Array:

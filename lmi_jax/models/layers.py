@@ -143,30 +143,49 @@ _conv2d = jax.custom_vjp(_lax_conv2d, nondiff_argnums=(2, 3))
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+# nn.Conv's 2-D layout: NHWC inputs, HWIO kernels, as lax.ConvDimensionNumbers.
+_NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                          padding: str | Sequence[tuple[int, int]], lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-                         precision=None) -> jax.Array:
-  """`lax.conv_general_dilated` for nn.Conv's NHWC/HWIO 2-D case, with a faster kernel
-  gradient on CPU (`_kernel_grad`) and lax's own elsewhere; dilated or grouped convolutions
-  are not used here."""
-  del dimension_numbers, precision  # nn.Conv passes NHWC/HWIO and the default precision.
-  if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or feature_group_count != 1:
-    raise NotImplementedError("dilated or grouped convolution")
+                         precision=None, *, host_kernel_grad: bool = True) -> jax.Array:
+  """`lax.conv_general_dilated` for nn.Conv's NHWC/HWIO 2-D case, with the kernel gradient
+  of `_kernel_grad` on CPU when `host_kernel_grad` (lax's own elsewhere or when off).
+
+  Only what nn.Conv passes for an undilated, ungrouped 2-D convolution at the default
+  precision is supported; anything else raises NotImplementedError rather than being
+  computed differently from what was asked.
+  """
+  unsupported = []
+  if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+    unsupported.append("dilation")
+  if feature_group_count != 1:
+    unsupported.append(f"feature_group_count={feature_group_count}")
+  if dimension_numbers is not None and tuple(dimension_numbers) != tuple(_NHWC_HWIO):
+    unsupported.append(f"dimension_numbers={dimension_numbers}")
+  if precision is not None:
+    unsupported.append(f"precision={precision}")
+  if unsupported:
+    raise NotImplementedError("layers.conv_general_dilated supports NHWC/HWIO 2-D convolution "
+                              "at the default precision only, not " + ", ".join(unsupported))
   strides = tuple(window_strides)
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   pads = tuple(tuple(p) for p in padding)
   # cuDNN's kernel gradient is fast, and a host callback would copy through the host.
-  conv2d = _conv2d if jax.default_backend() == "cpu" else _lax_conv2d
-  return conv2d(lhs, rhs, strides, pads)
+  use_host = host_kernel_grad and jax.default_backend() == "cpu"
+  return (_conv2d if use_host else _lax_conv2d)(lhs, rhs, strides, pads)
 
 
 def conv(features: int, kernel: int = 3, stride: int = 1, init_scale: float = 1.0,
-         padding: str = "SAME") -> nn.Conv:
+         padding: str = "SAME", host_kernel_grad: bool = True) -> nn.Conv:
+  """A 2-D convolution layer; `host_kernel_grad`: see `conv_general_dilated`."""
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding,
                  kernel_init=variance_scaling(init_scale),
-                 conv_general_dilated=conv_general_dilated)
+                 conv_general_dilated=functools.partial(conv_general_dilated,
+                                                        host_kernel_grad=host_kernel_grad))
 
 
 def dense(features: int, init_scale: float = 1.0) -> nn.Dense:
@@ -256,13 +275,14 @@ class Upsample(nn.Module):
   with_conv: bool = False
   fir: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  host_kernel_grad: bool = True  # CPU: kernel gradients by OpenBLAS (conv_general_dilated).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, 2H, 2W, out_ch or C)."""
     h = upsample(x, self.fir, self.fir_kernel)
     if self.with_conv:
-      h = conv(self.out_ch or x.shape[-1])(h)
+      h = conv(self.out_ch or x.shape[-1], host_kernel_grad=self.host_kernel_grad)(h)
     return h
 
 
@@ -273,6 +293,7 @@ class Downsample(nn.Module):
   with_conv: bool = False
   fir: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  host_kernel_grad: bool = True  # CPU: kernel gradients by OpenBLAS (conv_general_dilated).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -281,11 +302,11 @@ class Downsample(nn.Module):
     if not self.with_conv:
       return downsample(x, self.fir, self.fir_kernel)
     if not self.fir:
-      return conv(out_ch, stride=2)(x)
+      return conv(out_ch, stride=2, host_kernel_grad=self.host_kernel_grad)(x)
     # Low-pass at full resolution (padded for the 3x3 conv), then the strided conv samples it.
     p = len(self.fir_kernel)
     h = _fir(x, self.fir_kernel, 1.0, 1, 1, ((p + 1) // 2, p // 2))
-    return conv(out_ch, stride=2, padding="VALID")(h)
+    return conv(out_ch, stride=2, padding="VALID", host_kernel_grad=self.host_kernel_grad)(h)
 
 
 def _add_time(h: jax.Array, temb: jax.Array | None) -> jax.Array:
@@ -314,6 +335,7 @@ class ResBlock(nn.Module):
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   skip_rescale: bool = True
   init_scale: float = 0.0
+  host_kernel_grad: bool = True  # CPU: kernel gradients by OpenBLAS (conv_general_dilated).
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
@@ -323,12 +345,12 @@ class ResBlock(nn.Module):
       h, x = (upsample(v, self.fir, self.fir_kernel) for v in (h, x))
     elif self.down:
       h, x = (downsample(v, self.fir, self.fir_kernel) for v in (h, x))
-    h = conv(self.out_ch)(h)
+    h = conv(self.out_ch, host_kernel_grad=self.host_kernel_grad)(h)
     h = _add_time(h, temb)
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(group_norm(h)))
-    h = conv(self.out_ch, init_scale=self.init_scale)(h)
+    h = conv(self.out_ch, init_scale=self.init_scale, host_kernel_grad=self.host_kernel_grad)(h)
     if x.shape[-1] != self.out_ch or self.up or self.down:
-      x = conv(self.out_ch, kernel=1)(x)
+      x = conv(self.out_ch, kernel=1, host_kernel_grad=self.host_kernel_grad)(x)
     return residual_sum(x, h, self.skip_rescale)
 
 
@@ -353,11 +375,12 @@ class Combine(nn.Module):
   """Merges an input-pyramid level y (B, H, W, Cy) into h (B, H, W, C): 1x1 conv, sum or cat."""
 
   method: str = "sum"
+  host_kernel_grad: bool = True  # CPU: kernel gradients by OpenBLAS (conv_general_dilated).
 
   @nn.compact
   def __call__(self, y: jax.Array, h: jax.Array) -> jax.Array:
     """-> (B, H, W, C) for 'sum', (B, H, W, 2C) for 'cat'."""
-    y = conv(h.shape[-1], kernel=1)(y)
+    y = conv(h.shape[-1], kernel=1, host_kernel_grad=self.host_kernel_grad)(y)
     return h + y if self.method == "sum" else jnp.concatenate([y, h], axis=-1)
 
 

@@ -46,6 +46,7 @@ class NCSNpp(nn.Module):
   fourier_scale: float = 16.0
   init_scale: float = 0.0
   conditional: bool = True
+  host_kernel_grad: bool = True  # CPU only: kernel gradients by OpenBLAS (layers.conv_general_dilated).
 
   def _check(self, x: jax.Array) -> None:
     for key, allowed in _CHOICES.items():
@@ -79,13 +80,14 @@ class NCSNpp(nn.Module):
     num_levels = len(self.ch_mult)
     res = functools.partial(layers.ResBlock, dropout=self.dropout, fir=self.fir,
                             fir_kernel=self.fir_kernel, skip_rescale=self.skip_rescale,
-                            init_scale=self.init_scale)
+                            init_scale=self.init_scale, host_kernel_grad=self.host_kernel_grad)
     attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale,
                              init_scale=self.init_scale)
-    resample = dict(fir=self.fir, fir_kernel=self.fir_kernel)
+    resample = dict(fir=self.fir, fir_kernel=self.fir_kernel,
+                    host_kernel_grad=self.host_kernel_grad)
 
     # Encoder: every output is kept for the decoder's skip connections.
-    hs = [layers.conv(self.nf)(x)]
+    hs = [layers.conv(self.nf, host_kernel_grad=self.host_kernel_grad)(x)]
     pyramid = x
     for level in range(num_levels):
       for _ in range(self.num_res_blocks):
@@ -101,7 +103,8 @@ class NCSNpp(nn.Module):
         h = res(h.shape[-1], down=True)(hs[-1], temb, train)
       if self.progressive_input == "input_skip":
         pyramid = layers.Downsample(**resample)(pyramid)
-        h = layers.Combine(self.progressive_combine)(pyramid, h)
+        h = layers.Combine(self.progressive_combine,
+                           host_kernel_grad=self.host_kernel_grad)(pyramid, h)
       elif self.progressive_input == "residual":
         pyramid = layers.Downsample(h.shape[-1], with_conv=True, **resample)(pyramid)
         h = pyramid = layers.residual_sum(pyramid, h, self.skip_rescale)
@@ -123,7 +126,8 @@ class NCSNpp(nn.Module):
         pyramid = out if pyramid is None else layers.Upsample(**resample)(pyramid) + out
       elif self.progressive == "residual":
         if pyramid is None:
-          pyramid = layers.conv(h.shape[-1])(nn.swish(layers.group_norm(h)))
+          pyramid = layers.conv(h.shape[-1], host_kernel_grad=self.host_kernel_grad)(
+              nn.swish(layers.group_norm(h)))
         else:
           pyramid = layers.Upsample(h.shape[-1], with_conv=True, **resample)(pyramid)
           h = pyramid = layers.residual_sum(pyramid, h, self.skip_rescale)
@@ -141,4 +145,5 @@ class NCSNpp(nn.Module):
 
   def _head(self, h: jax.Array, channels: int) -> jax.Array:
     """GN-swish-conv3x3 to `channels`, the layer that writes the output."""
-    return layers.conv(channels, init_scale=self.init_scale)(nn.swish(layers.group_norm(h)))
+    return layers.conv(channels, init_scale=self.init_scale,
+                       host_kernel_grad=self.host_kernel_grad)(nn.swish(layers.group_norm(h)))
