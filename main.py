@@ -28,13 +28,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with an unknown --config.* key reported in one line (status 2).
+  """absl's flag parsing, every flag error reported in one line (status 2).
 
-  ml_collections raises AttributeError (wrapping a KeyError) or KeyError for a key the
-  locked config lacks; absl reports every other flag error itself.
+  absl raises flags.Error for an unknown flag, a missing required one or a value of the
+  wrong type (--config.lmi.patch_size=abc); ml_collections raises AttributeError (wrapping a
+  KeyError) or KeyError for a key the locked config lacks.
   """
   try:
-    return app.parse_flags_with_usage(argv)
+    return FLAGS(argv)
+  except flags.Error as error:
+    print(f"error: {one_line(error)} (python main.py --help lists the flags; configs/default.py "
+          "every config key).", file=sys.stderr)
+    sys.exit(2)
   except (AttributeError, KeyError) as error:
     while isinstance(error, Exception) and error.args:
       error = error.args[0]
@@ -63,7 +68,9 @@ MODES = {
 
 def run(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    print(f"error: unexpected arguments {' '.join(argv[1:])}; flags take the form --name=value "
+          "(python main.py --help).", file=sys.stderr)
+    sys.exit(2)
   config = FLAGS.config
   try:
     host_devices = int(config.host_devices)  # ml_collections loads the file on first use.
@@ -78,6 +85,12 @@ def run(argv: list[str]) -> None:
     MODES[FLAGS.mode](config, FLAGS.workdir)
   except InputError as error:
     print(f"error: {one_line(error)}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as error:  # A folder that cannot be made or written, a full disk.
+    where = error.filename or FLAGS.workdir
+    print(f"error: {where}: {error.strerror or one_line(error)}; check that the folder can be "
+          "written and the disk has space (outputs are written whole or not at all).",
+          file=sys.stderr)
     sys.exit(2)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, host, sampling, translate
+from lmi_jax import host, metrics, sampling, segmentation, translate
 from lmi_jax.data import slices as slicing
 from lmi_jax.files import atomic_path
 
@@ -38,15 +38,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def dice_3d(labels: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> float:
   """Mean Dice over classes 1..3 of two label volumes, counted inside `brain`."""
-  return evaluation.dice(labels[brain], truth[brain], (1, 2, 3))[1]
+  return metrics.dice(labels[brain], truth[brain], (1, 2, 3))[1]
 
 
 def scores(image: np.ndarray, labels: np.ndarray, t1: np.ndarray, truth: np.ndarray,
            brain: np.ndarray) -> dict:
   """Dice vs the priors' labels, PSNR / SSIM vs T1w over the axial slices holding brain."""
   zs = np.flatnonzero(brain.sum((0, 1)) > 0)
-  psnr = [evaluation.psnr(image[:, :, z], t1[:, :, z], 1.0, brain[:, :, z]) for z in zs]
-  ssim = [evaluation.ssim(image[:, :, z], t1[:, :, z], 1.0, brain[:, :, z]) for z in zs]
+  psnr = [metrics.psnr(image[:, :, z], t1[:, :, z], 1.0, brain[:, :, z]) for z in zs]
+  ssim = [metrics.ssim(image[:, :, z], t1[:, :, z], 1.0, brain[:, :, z]) for z in zs]
   return {"dice": dice_3d(labels, truth, brain), "psnr": float(np.nanmean(psnr)),
           "ssim": float(np.nanmean(ssim))}
 
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
   rows = [("lmi", scores(nib.load(out_path).get_fdata(),
                          nib.load(seg_path).get_fdata().astype(int), t1, truth, brain), seconds)]
   for what, image in (("identity (PDw)", pd), ("T1w itself (what K-means can reach)", t1)):
-    seg = evaluation.segment(segmenter, image[..., None], brain & (image > 0))
+    seg = segmentation.segment(segmenter, image[..., None], brain & (image > 0))
     rows.append((what, scores(image, seg, t1, truth, brain), 0.0))
   print(f"ICBM152 avg152PD -> T1w with the model of {config_flags.get_config_filename(flags.FLAGS['config'])} "
         f"({config.sampling.method}, NFE {sampling.network_evaluations(config.sampling)}); "

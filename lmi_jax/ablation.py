@@ -178,7 +178,7 @@ def ablate(config: ml_collections.ConfigDict, workdir: str, grid: list[tuple[str
   if not all_settings:
     raise InputError("nothing to run: --nobaseline and no --vary value that differs from the config.")
   data = load_dataset(config, workdir)
-  split, segmenter, ctx = translate.prepare_split(config, workdir, () if trained else methods,
+  split, segmenters, ctx = translate.prepare_split(config, workdir, () if trained else methods,
                                                   data)
   # Every setting trains on the same slices: data keys cannot vary.
   images = data["train"]["target"]
@@ -194,7 +194,7 @@ def ablate(config: ml_collections.ConfigDict, workdir: str, grid: list[tuple[str
     else:
       row_ctx = dataclasses.replace(ctx, config=setting)
     outputs, seconds = translate.run_methods(row_ctx, methods, split["source"])
-    report = translate.score_split(setting, outputs, split, segmenter)
+    report = translate.score_split(setting, outputs, split, segmenters)
     for method, entry in report["methods"].items():
       rows.append({"setting": name, "method": method, "step": row_ctx.step,
                    "seconds": seconds[method], "class_means": entry.get("class_means"),

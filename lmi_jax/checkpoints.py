@@ -126,12 +126,18 @@ def load_shipped(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, 
   if not os.path.isfile(path):
     raise InputError(f"sampling.pretrained = {folder!r}: {path} does not exist; train a model "
                      "(--mode=train) or point sampling.pretrained at an exported folder.")
-  with open(path, "rb") as f:
-    params = jax.tree.map(lambda p: np.asarray(p, np.float32),
-                          serialization.msgpack_restore(f.read()))
-  step = int(read_meta(folder)["step"])
+  try:
+    with open(path, "rb") as f:
+      params = jax.tree.map(lambda p: np.asarray(p, np.float32),
+                            serialization.msgpack_restore(f.read()))
+    step = int(read_meta(folder)["step"])
+  except InputError:
+    raise
+  except Exception as error:  # msgpack and numpy raise many types for damaged bytes.
+    raise InputError(f"{path}: damaged or not a model file ({type(error).__name__}); export or "
+                     "download the model again.") from error
   check_params_fit(config, params, where=path,
-                         hint=f"use the config it was trained with, {os.path.join(folder, CONFIG_FILE)}")
+                   hint=f"use the config it was trained with, {os.path.join(folder, CONFIG_FILE)}")
   return {"params": params}, step
 
 

@@ -9,9 +9,12 @@ models from the rest of a group.
 """
 
 import contextlib
+import io
 import os
 import uuid
 from collections.abc import Iterator
+
+import numpy as np
 
 from lmi_jax.errors import InputError
 
@@ -49,3 +52,10 @@ def atomic_write(path: str, data: bytes) -> None:
   """Writes `data` to `path` through `atomic_path`."""
   with atomic_path(path) as tmp, open(tmp, "xb") as f:
     f.write(data)
+
+
+def save_npz(path: str, **arrays: np.ndarray) -> None:
+  """np.savez_compressed into `path` through a temporary file, so no partial file remains."""
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  atomic_write(path, buffer.getvalue())

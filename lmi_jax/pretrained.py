@@ -22,7 +22,7 @@ from absl import app, flags
 from flax import serialization
 from ml_collections import config_flags
 
-from lmi_jax import checkpoints, evaluation, files
+from lmi_jax import checkpoints, files, segmentation
 from lmi_jax.data import load_dataset
 from lmi_jax.checkpoints import CONFIG_FILE, META_FILE, PARAMS_FILE
 from lmi_jax.errors import InputError
@@ -69,7 +69,7 @@ def export(config: ml_collections.ConfigDict, config_path: str, workdir: str,
   (`write_model`), with the K-means fitted on the target training slices (`segmenter`), which
   `--mode=sample --input=` segments with. Returns the metadata."""
   variables, step = checkpoints.restore_ema_params(config, workdir)
-  segmenter = evaluation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
+  segmenter = segmentation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
   meta = {"step": int(step), "source_workdir": os.path.relpath(workdir),
           "segmenter": dataclasses.asdict(segmenter)}
   return write_model(variables["params"], config_path, meta, out_dir, dtype)

@@ -352,6 +352,22 @@ def out_of_time(start: float, limit_min: float) -> bool:
   return over
 
 
+class DivergedError(InputError):
+  """The training loss stopped being finite; the last checkpoint saved before is kept."""
+
+
+def check_finite(step: int, loss: float, manager: checkpoints.CheckpointManager) -> None:
+  """Raises DivergedError naming the step and the last good checkpoint unless `loss` is finite."""
+  if np.isfinite(loss):
+    return
+  manager.wait_until_finished()
+  kept = manager.latest_step()
+  kept_text = (f"the last good checkpoint, step {kept}, is kept in {manager.directory}"
+               if kept is not None else "no checkpoint was saved before")
+  raise DivergedError(f"training.lr: the loss is {loss} at step {step} (training diverged); "
+                      f"{kept_text}. Lower training.lr or training.grad_clip and rerun to resume.")
+
+
 def write_samples(writer: writers.MetricWriter, workdir: str, step: int, grid: np.ndarray) -> None:
   """The sample grid (H, W) in [0, 1] as workdir/samples/step_<step>.png and a TensorBoard image."""
   folder = os.path.join(workdir, "samples")
@@ -398,7 +414,12 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
                          jax.random.fold_in(jax.random.key(config.seed), step), cfg,
                          training.sample_steps, config.sampling.eps)
       write_samples(writer, workdir, step, np.asarray(grid))
-    if step % training.checkpoint_every == 0 or step == training.num_steps or stop:
+    save = step % training.checkpoint_every == 0 or step == training.num_steps or stop
+    if save or step % training.log_every == 0:
+      # NaN parameters give a NaN loss at every later step, so checking the step's loss before
+      # each save keeps every checkpoint finite.
+      check_finite(step, float(step_metrics.unreplicate().compute()["loss"]), manager)
+    if save:
       checkpoints.save(manager, step, jax_utils.unreplicate(rstate))
     if stop:
       logging.info("Stopped at step %d: training.time_limit_min=%g reached; rerun to resume.",

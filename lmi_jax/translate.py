@@ -28,7 +28,7 @@ from absl import logging
 from flax import linen as nn
 from skimage import exposure
 
-from lmi_jax import checkpoints, evaluation, lmi, sampling
+from lmi_jax import checkpoints, evaluation, figures, files, lmi, sampling, segmentation
 from lmi_jax.data import load_dataset, nifti
 from lmi_jax.errors import InputError
 from lmi_jax.models import create_model, lmi_score, unconditional_score
@@ -81,9 +81,10 @@ class StepProgress:
                    elapsed, elapsed / share * (1 - share))
 
 
-def lmi_sample(ctx: Context, source: jax.Array, key: jax.Array,
+def lmi_batch(ctx: Context, source: jax.Array, key: jax.Array,
                trajectory_steps: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
-  """LMI-guided translation of (B, H, W, 1) sources by `sampling.method`: the sample, and
+  """LMI-guided translation of one (B, H, W, 1) batch by `sampling.method` (jax, inside the
+  jitted / pmapped call): the sample, and
   (method em only) the states after the given steps, (len(trajectory_steps), B, H, W, 1)."""
   cfg = ctx.config.sampling
   score = lmi_score(ctx.model, ctx.variables, ctx.sde, ctx.lmi_cfg, source,
@@ -100,8 +101,9 @@ def lmi_sample(ctx: Context, source: jax.Array, key: jax.Array,
       denoise=bool(cfg.denoise), trajectory_steps=trajectory_steps, progress=ctx.progress)
 
 
-def sdedit_sample(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
-  """SDEdit: the source perturbed to t0, then the unconditional sampler down to 0."""
+def sdedit_batch(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
+  """SDEdit of one (B, H, W, 1) batch: the source perturbed to t0, then the unconditional
+  sampler down to 0."""
   cfg = ctx.config.sampling
   score = unconditional_score(ctx.model, ctx.variables, ctx.sde, len(ctx.lmi_cfg.features),
                               scale_by_sigma=ctx.config.model.scale_by_sigma)
@@ -148,17 +150,12 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)
 
 
-def lmi_translation(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
-  """`lmi_sample` without the trajectory: (B, H, W, 1) -> (B, H, W, 1)."""
-  return lmi_sample(ctx, source, key)[0]
-
-
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
-  return _per_device(lmi_translation, ctx, source, key, "lmi")
+  return _per_device(lambda c, s, k: lmi_batch(c, s, k)[0], ctx, source, key, "lmi")
 
 
 def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
-  return _per_device(sdedit_sample, ctx, source, key, "sdedit",
+  return _per_device(sdedit_batch, ctx, source, key, "sdedit",
                      t_start=float(ctx.config.sampling.sdedit_t0))
 
 
@@ -233,20 +230,20 @@ def select_split(data: dict, name: str, max_slices: int) -> dict[str, np.ndarray
 SEGMENTER_FILE = "segmenter.json"
 
 
-def stored_segmenter(config: ml_collections.ConfigDict, workdir: str) -> evaluation.KMeansSegmenter:
+def stored_segmenter(config: ml_collections.ConfigDict, workdir: str) -> segmentation.KMeansSegmenter:
   """The K-means that goes with the model: stored in the shipped model's model.json, or in
   WORKDIR/segmenter.json; fitted on the target training slices (and saved there) if absent."""
   folder = checkpoints.shipped_folder(config, workdir)
   if folder is not None:
     stored = checkpoints.read_meta(folder).get("segmenter")
     if stored:
-      return evaluation.KMeansSegmenter(tuple(stored["centroids"]), stored["background_threshold"])
+      return segmentation.KMeansSegmenter(tuple(stored["centroids"]), stored["background_threshold"])
   path = os.path.join(workdir, SEGMENTER_FILE)
   if os.path.isfile(path):
-    return evaluation.read_segmenter(path)
+    return segmentation.read_segmenter(path)
   logging.info("No stored K-means for this model: fitting it on the target training slices.")
-  segmenter = evaluation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
-  evaluation.write_segmenter(segmenter, path)
+  segmenter = segmentation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
+  segmentation.write_segmenter(segmenter, path)
   return segmenter
 
 
@@ -280,7 +277,7 @@ def translate_volume(config: ml_collections.ConfigDict, workdir: str,
   else:
     volume = nifti.write_translation(translated[..., 0], geometry, out_path)
     foreground = volume > segmenter.background_threshold
-  labels = evaluation.segment(segmenter, volume[..., None], foreground)
+  labels = segmentation.segment(segmenter, volume[..., None], foreground)
   nifti.write_like(labels, input_path, seg_path, np.uint8)
   logging.info("Wrote %s and %s (%d slices translated).", out_path, seg_path, len(slices))
   return out_path, seg_path
@@ -302,9 +299,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | No
   split = select_split(data, config.eval.split, int(config.eval.max_slices))
   translated = translate_lmi(ctx, split["source"], key)
   base = os.path.join(out_dir, config.eval.split)
-  evaluation.save_npz_atomic(base + ".npz", source=split["source"], translation=translated,
+  files.save_npz(base + ".npz", source=split["source"], translation=translated,
                              target=split["target"])
-  evaluation.plot_rows({"source": split["source"], "translation": translated,
+  figures.plot_rows({"source": split["source"], "translation": translated,
                         "target": split["target"]}, base + ".png")
   logging.info("Wrote %s.npz and %s.png (%d slices).", base, base, len(translated))
   return base + ".npz"
@@ -312,19 +309,19 @@ def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | No
 
 def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tuple[str, ...],
                   data: dict | None = None
-                  ) -> tuple[dict[str, np.ndarray], evaluation.KMeansSegmenter, Context]:
-  """What scoring `methods` on `eval.split` needs: the split's arrays, the K-means fitted
-  on target training slices, and the context (the model restored only if a method uses it).
+                  ) -> tuple[dict[str, np.ndarray], segmentation.Segmenters, Context]:
+  """What scoring `methods` on `eval.split` needs: the split's arrays, the K-means (both
+  protocols) fitted on target training slices, and the context (the model restored only if a method uses it).
   `data` is `load_dataset`'s result for callers that hold it; None loads it.
   """
   if data is None:
     data = load_dataset(config, workdir)
   split = select_split(data, config.eval.split, int(config.eval.max_slices))
   train_target = data["train"]["target"]
-  segmenter = evaluation.fit_segmenter(config, train_target)
+  segmenters = segmentation.fit_segmenters(config, train_target)
   needs_model = any(m in ("lmi", "sdedit") for m in methods)
   ctx = make_context(config, workdir, train_target, with_model=needs_model)
-  return split, segmenter, ctx
+  return split, segmenters, ctx
 
 
 def inside_source_brain(config: ml_collections.ConfigDict, source: np.ndarray,
@@ -359,7 +356,7 @@ def brain_region(config: ml_collections.ConfigDict, images: np.ndarray) -> np.nd
 
 
 def score_split(config: ml_collections.ConfigDict, outputs: dict[str, np.ndarray],
-                split: dict[str, np.ndarray], segmenter: evaluation.KMeansSegmenter) -> dict:
+                split: dict[str, np.ndarray], segmenters: segmentation.Segmenters) -> dict:
   """`evaluation.evaluate_methods` on a split, with ground-truth Dice where labels fit.
 
   Skull-stripped data (data.mask="nonzero") are scored inside the target's brain; a split with
@@ -369,12 +366,16 @@ def score_split(config: ml_collections.ConfigDict, outputs: dict[str, np.ndarray
   if labels is not None and labels.max() != int(config.eval.kmeans_clusters):
     labels = None  # Ground-truth classes only compare with K-means when the counts match.
   brain = brain_region(config, split["target"])
+  segmenter = segmenters.tissue
+  data_range = float(config.eval.data_range)
   report = evaluation.evaluate_methods(outputs, split["target"], segmenter, labels=labels,
+                                       data_range=data_range, paper_segmenter=segmenters.paper,
                                        mask=brain)
   if "exclude" in split:
-    region = evaluation.foreground_mask(segmenter, split["target"]) if brain is None else brain
+    region = segmentation.foreground_mask(segmenter, split["target"]) if brain is None else brain
     report["regions"] = {"outside_exclude": evaluation.evaluate_methods(
-        outputs, split["target"], segmenter, labels=labels, mask=region & ~split["exclude"])}
+        outputs, split["target"], segmenter, labels=labels, mask=region & ~split["exclude"],
+        data_range=data_range)}
   report["split"] = config.eval.split
   return report
 
@@ -386,15 +387,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   and comparison.png, and returns the report.
   """
   methods = check_methods(config.eval.methods)
-  split, segmenter, ctx = prepare_split(config, workdir, methods)
+  split, segmenters, ctx = prepare_split(config, workdir, methods)
   outputs, _ = run_methods(ctx, methods, split["source"])
-  report = score_split(config, outputs, split, segmenter)
+  report = score_split(config, outputs, split, segmenters)
   out_dir = os.path.join(workdir, "eval")
   evaluation.write_report(report, out_dir)
   brain = brain_region(config, split["target"])
   # Skull-stripped splits start and end with small slices: show the one with the most brain.
   index = 0 if brain is None else int(np.argmax(brain.sum((1, 2))))
-  evaluation.plot_comparison(split["target"], split["source"], outputs, segmenter,
+  figures.plot_comparison(split["target"], split["source"], outputs, segmenters.tissue,
                              os.path.join(out_dir, "comparison.png"), index=index, mask=brain)
   logging.info("Wrote %s/report.{json,md,csv} and comparison.png.", out_dir)
   return report

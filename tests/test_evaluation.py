@@ -1,4 +1,5 @@
-"""Tests of lmi_jax.evaluation: metrics against scikit-image and direct formulas, K-means, reports."""
+"""Tests of lmi_jax.evaluation, metrics, segmentation, figures: metrics against direct NumPy
+formulas, K-means, both Dice protocols, reports."""
 
 import csv
 import json
@@ -8,9 +9,8 @@ import os
 import matplotlib.image
 import numpy as np
 import pytest
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from lmi_jax import evaluation
+from lmi_jax import evaluation, figures, metrics, segmentation
 from lmi_jax.errors import InputError
 
 # Planted tissue intensities (CSF, GM, WM) of the synthetic T1w-like phantom.
@@ -43,39 +43,95 @@ def smooth_pair(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarr
 
 
 @pytest.fixture(scope="module")
-def segmenter() -> evaluation.KMeansSegmenter:
+def segmenter() -> segmentation.KMeansSegmenter:
   train, _ = phantom(6, seed=1)
-  return evaluation.fit_kmeans(train, k=3, seed=0, n_init=3)
+  return segmentation.fit_kmeans(train, k=3, seed=0, n_init=3)
 
 
-def test_psnr_matches_skimage():
-  x, ref = smooth_pair((40, 48), seed=0)
-  assert evaluation.psnr(x, ref) == pytest.approx(peak_signal_noise_ratio(ref, x, data_range=1.0), abs=1e-5)
-  mask = np.zeros(x.shape, bool)
-  mask[5:30, 10:40] = True
-  expected = peak_signal_noise_ratio(ref[mask], x[mask], data_range=1.0)
-  assert evaluation.psnr(x[..., None], ref[..., None], mask=mask) == pytest.approx(expected, abs=1e-5)
-  assert evaluation.psnr(ref, ref) == math.inf
-  assert math.isnan(evaluation.psnr(x, ref, mask=np.zeros(x.shape, bool)))  # No pixels, no score.
+def numpy_ssim_map(x: np.ndarray, ref: np.ndarray, data_range: float) -> np.ndarray:
+  """Wang et al. 2004's SSIM written out in NumPy: separable 11-tap Gaussian (sigma 1.5)
+  with mirrored borders, population covariances, K1 = 0.01, K2 = 0.03."""
+  taps = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
+  taps /= taps.sum()
+
+  def blur(image):
+    padded = np.pad(image, 5, mode="symmetric")
+    rows = sum(w * padded[i:i + image.shape[0], :] for i, w in enumerate(taps))
+    return sum(w * rows[:, j:j + image.shape[1]] for j, w in enumerate(taps))
+  mu_x, mu_r = blur(x), blur(ref)
+  var_x, var_r = blur(x * x) - mu_x ** 2, blur(ref * ref) - mu_r ** 2
+  cov = blur(x * ref) - mu_x * mu_r
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  return ((2 * mu_x * mu_r + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_r ** 2 + c1) * (var_x + var_r + c2))
 
 
 @pytest.mark.parametrize("data_range", [1.0, 2.0])
-def test_ssim_matches_skimage(data_range):
+def test_psnr_matches_the_formula(data_range):
+  x, ref = smooth_pair((40, 48), seed=0)
+  expected = 10 * np.log10(data_range ** 2 / np.mean((x - ref) ** 2))
+  assert metrics.psnr(x, ref, data_range) == pytest.approx(expected, abs=1e-6)
+  mask = np.zeros(x.shape, bool)
+  mask[5:30, 10:40] = True
+  expected = 10 * np.log10(data_range ** 2 / np.mean((x[mask] - ref[mask]) ** 2))
+  assert metrics.psnr(x[..., None], ref[..., None], data_range, mask) == pytest.approx(expected, abs=1e-6)
+  assert metrics.psnr(ref, ref, data_range) == math.inf
+  assert math.isnan(metrics.psnr(x, ref, data_range, np.zeros(x.shape, bool)))  # No pixels, no score.
+
+
+@pytest.mark.parametrize("data_range", [1.0, 2.0])
+def test_ssim_matches_a_numpy_ssim(data_range):
   x, ref = smooth_pair((40, 48), seed=1)
-  expected, full = structural_similarity(
-      ref, x, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-      data_range=data_range, full=True)
-  assert evaluation.ssim(x, ref, data_range) == pytest.approx(expected, abs=1e-5)
-  np.testing.assert_allclose(evaluation.ssim_map(x, ref, data_range), full, atol=1e-6)
+  full = numpy_ssim_map(x, ref, data_range)
+  np.testing.assert_allclose(metrics.ssim_map(x, ref, data_range), full, atol=1e-6)
+  assert metrics.ssim(x, ref, data_range) == pytest.approx(full[5:-5, 5:-5].mean(), abs=1e-6)
   mask = np.zeros(x.shape, bool)
   mask[:20, 8:] = True  # Reaches the border: the masked mean is over the whole map.
-  assert evaluation.ssim(x, ref, data_range, mask) == pytest.approx(full[mask].mean(), abs=1e-5)
-  assert evaluation.ssim(ref, ref, data_range) == pytest.approx(1.0)
+  assert metrics.ssim(x, ref, data_range, mask) == pytest.approx(full[mask].mean(), abs=1e-6)
+  assert metrics.ssim(ref, ref, data_range) == pytest.approx(1.0)
+  assert metrics.ssim(x, ref, data_range) < 0.9  # The pair differs: a score that can fail.
+
+
+def test_reports_print_the_metric_settings(segmenter):
+  target, _ = phantom(2, seed=4)
+  report = evaluation.evaluate_methods({"same": target}, target, segmenter, data_range=1.0)
+  text = evaluation.report_markdown(report)
+  assert "data_range=1" in text and "sigma=1.5" in text and "use_sample_covariance=False" in text
+
+
+def test_paper_protocol_dice_on_a_hand_made_case():
+  """Five whole-slice clusters, background included, mean over clusters: two 4x4 slices whose
+  labels under the fitted centroids are known, one pixel moved to another cluster."""
+  levels = np.array([0.0, 0.2, 0.4, 0.6, 0.8])
+  config = tiny_eval_config()
+  train = np.repeat(levels, 20)[None, :, None, None].reshape(1, 10, 10, 1).astype(np.float32)
+  paper = segmentation.fit_paper_segmenter(config, train)
+  np.testing.assert_allclose(paper.centroids, levels, atol=1e-6)
+  target = np.zeros((1, 16, 16, 1), np.float32)
+  target[0, :, :, 0] = np.repeat(levels, 52)[:256].reshape(16, 16)
+  output = target.copy()
+  output[0, 0, 0, 0] = 0.4  # One background pixel (cluster 1) into cluster 3.
+  report = evaluation.evaluate_methods({"m": output}, target, segmenter_of(levels),
+                                       paper_segmenter=paper)
+  counts = np.bincount(np.searchsorted(levels[:-1] + 0.1, target.ravel()), minlength=5)
+  expected = np.ones(5)
+  expected[0] = 2 * (counts[0] - 1) / (2 * counts[0] - 1)
+  expected[2] = 2 * counts[2] / (2 * counts[2] + 1)
+  assert report["methods"]["m"]["dice_paper"]["mean"] == pytest.approx(expected.mean())
+  assert "Dice (paper protocol)" in evaluation.report_markdown(report)
+
+
+def tiny_eval_config():
+  from configs import tiny
+  return tiny.get_config()
+
+
+def segmenter_of(levels: np.ndarray) -> segmentation.KMeansSegmenter:
+  return segmentation.KMeansSegmenter(tuple(float(v) for v in levels[2:]), 0.05)
 
 
 def test_ssim_rejects_images_smaller_than_the_window():
   with pytest.raises(InputError, match="window"):
-    evaluation.ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+    metrics.ssim(np.zeros((8, 8)), np.zeros((8, 8)), 1.0)
 
 
 def test_dice_equals_set_formula():
@@ -85,7 +141,7 @@ def test_dice_equals_set_formula():
   def cells(labels, c):
     return {tuple(p) for p in np.argwhere(labels == c)}
 
-  per_class, mean = evaluation.dice(pred, ref, classes=(1, 2, 3, 4))
+  per_class, mean = metrics.dice(pred, ref, classes=(1, 2, 3, 4))
   for c in (1, 2, 3):
     p, r = cells(pred, c), cells(ref, c)
     assert per_class[c] == pytest.approx(2 * len(p & r) / (len(p) + len(r)))
@@ -97,46 +153,46 @@ def test_dice_equals_set_formula():
 
 def test_kmeans_is_deterministic_and_recovers_planted_clusters():
   train, labels = phantom(4, seed=2)
-  a = evaluation.fit_kmeans(train, k=3, seed=7, max_pixels=1500, n_init=3)
-  b = evaluation.fit_kmeans(train, k=3, seed=7, max_pixels=1500, n_init=3)
+  a = segmentation.fit_kmeans(train, k=3, seed=7, max_pixels=1500, n_init=3)
+  b = segmentation.fit_kmeans(train, k=3, seed=7, max_pixels=1500, n_init=3)
   assert a == b
   np.testing.assert_allclose(a.centroids, TISSUE, atol=0.01)
   assert list(a.centroids) == sorted(a.centroids)
-  np.testing.assert_array_equal(evaluation.segment(a, train), labels)
+  np.testing.assert_array_equal(segmentation.segment(a, train), labels)
 
 
 def test_cluster_order_follows_intensity_not_fit_order():
   # Dark tissue planted last in the array still gets label 1.
   values = np.concatenate([np.full(50, 0.9), np.full(50, 0.6), np.full(50, 0.3)])
   images = values.reshape(1, 15, 10, 1)  # Rows 0-4 bright, 5-9 mid, 10-14 dark.
-  seg = evaluation.fit_kmeans(images, k=3, seed=0, n_init=2)
+  seg = segmentation.fit_kmeans(images, k=3, seed=0, n_init=2)
   np.testing.assert_allclose(seg.centroids, (0.3, 0.6, 0.9))
-  labels = evaluation.segment(seg, images)[0]
+  labels = segmentation.segment(seg, images)[0]
   np.testing.assert_array_equal(labels[:, 0], [3] * 5 + [2] * 5 + [1] * 5)
 
 
 def test_background_is_label_zero_and_not_clustered():
   train, _ = phantom(3, seed=3)
   assert (train == 0).mean() > 0.3  # Much background: it would take a cluster if clustered.
-  seg = evaluation.fit_kmeans(train, k=3, seed=0, n_init=2)
+  seg = segmentation.fit_kmeans(train, k=3, seed=0, n_init=2)
   assert min(seg.centroids) > seg.background_threshold
-  fixed = evaluation.KMeansSegmenter(centroids=(0.2, 0.5, 0.8), background_threshold=0.05)
+  fixed = segmentation.KMeansSegmenter(centroids=(0.2, 0.5, 0.8), background_threshold=0.05)
   image = np.array([0.0, 0.04, 0.1, 0.4, 0.7, 0.99]).reshape(1, 1, 6, 1)
-  labels = evaluation.segment(fixed, image)
+  labels = segmentation.segment(fixed, image)
   assert labels.dtype == np.int32 and labels.shape == (1, 1, 6)
   np.testing.assert_array_equal(labels[0, 0], [0, 0, 1, 2, 3, 3])
   foreground = np.array([[[True, True, False, True, True, True]]])
-  np.testing.assert_array_equal(evaluation.segment(fixed, image, foreground)[0, 0], [1, 1, 0, 2, 3, 3])
+  np.testing.assert_array_equal(segmentation.segment(fixed, image, foreground)[0, 0], [1, 1, 0, 2, 3, 3])
 
 
 def test_fit_kmeans_bad_input_names_the_key():
   train, _ = phantom(1)
   with pytest.raises(InputError, match="eval.kmeans_clusters"):
-    evaluation.fit_kmeans(train, k=0, seed=0)
+    segmentation.fit_kmeans(train, k=0, seed=0)
   with pytest.raises(InputError, match="eval.background_threshold"):
-    evaluation.fit_kmeans(train, k=3, seed=0, background_threshold=1.0)
+    segmentation.fit_kmeans(train, k=3, seed=0, background_threshold=1.0)
   with pytest.raises(InputError, match="train_target_slices"):
-    evaluation.fit_kmeans(train[..., 0], k=3, seed=0)
+    segmentation.fit_kmeans(train[..., 0], k=3, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +237,7 @@ def test_evaluate_methods_schema_and_values(segmenter, report_inputs):
   assert masked["masked_metrics"] and "dice_gt" not in masked["methods"]["noisy"]
   assert "class_means" not in masked["methods"]["noisy"] and "target_class_means" not in masked
   assert masked["methods"]["noisy"]["psnr"]["mean"] == pytest.approx(np.mean(
-      [evaluation.psnr(o, t, mask=m) for o, t, m in zip(outputs["noisy"], target, labels > 0)]))
+      [metrics.psnr(o, t, 1.0, m) for o, t, m in zip(outputs["noisy"], target, labels > 0)]))
 
 
 def test_evaluate_methods_bad_input(segmenter, report_inputs):
@@ -212,8 +268,10 @@ def test_write_report_files(segmenter, report_inputs, tmp_path):
   assert [line.split("|")[1].strip() for line in table[2:6]] == ["Dice", "Dice (ground truth)", "PSNR", "SSIM"]
   assert "±" in table[5] and "| PSNR | inf |" in table[4]
   means = report["target_class_means"]
-  assert table[-1].startswith("Mean intensity per ground-truth class 1/2/3: target "
+  assert table[-3].startswith("Mean intensity per ground-truth class 1/2/3: target "
                               f"{means['1']:.2f}/{means['2']:.2f}/{means['3']:.2f}; identity ")
+  assert table[-1].startswith("Metric settings: PSNR: skimage.metrics.peak_signal_noise_ratio, "
+                              "data_range=1; SSIM:")
 
 
 def test_write_report_rejects_a_file_as_folder(tmp_path):
@@ -225,11 +283,27 @@ def test_write_report_rejects_a_file_as_folder(tmp_path):
 def test_plot_comparison_writes_a_png(segmenter, report_inputs, tmp_path):
   target, source, _, outputs = report_inputs
   path = tmp_path / "figs" / "comparison.png"
-  evaluation.plot_comparison(target, source, outputs, segmenter, str(path), index=1)
+  figures.plot_comparison(target, source, outputs, segmenter, str(path), index=1)
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   pixels = matplotlib.image.imread(str(path))
   # Five rows (target, source, three methods, one of them named "source"), two columns.
   assert pixels.ndim == 3 and pixels.shape[0] / pixels.shape[1] == pytest.approx(5 / 2)
   assert os.listdir(path.parent) == ["comparison.png"]
   with pytest.raises(InputError, match="index"):
-    evaluation.plot_comparison(target, source, outputs, segmenter, str(path), index=9)
+    figures.plot_comparison(target, source, outputs, segmenter, str(path), index=9)
+
+
+def test_without_labels_or_mask_the_target_sets_the_foreground(segmenter):
+  """Real scans have no labels: tissue is where the true target is above the background
+  threshold, for every method. Junk in the target's background leaves Dice at 1; a tissue
+  change inside lowers it."""
+  target, labels = phantom(2, seed=7)
+  junk = target.copy()
+  junk[labels == 0] = 0.8  # Bright where the target is background.
+  changed = target.copy()
+  changed[labels == 3] = 0.25  # White matter painted as CSF.
+  report = evaluation.evaluate_methods({"junk": junk, "changed": changed}, target, segmenter)
+  assert report["foreground"] == "target" and "dice_gt" not in report["methods"]["junk"]
+  assert report["methods"]["junk"]["dice"]["mean"] == pytest.approx(1.0)
+  assert report["methods"]["junk"]["psnr"]["mean"] < 20
+  assert report["methods"]["changed"]["dice"]["mean"] < 0.8

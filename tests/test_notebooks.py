@@ -128,6 +128,34 @@ def test_notebook_runs(path, tmp_path):
   if has_figure_dir:
     values.setdefault("figure_dir", str(tmp_path / "figures"))
   # A failing cell raises nbclient's CellExecutionError with the traceback.
-  execute(path, tmp_path, values)
+  nb = execute(path, tmp_path, values)
   if has_figure_dir:
     assert list((tmp_path / "figures").glob("*.png")), f"{path.name} saved no figure to figure_dir"
+  FINDINGS[path.name](printed(nb))
+
+
+def printed(nb) -> str:
+  """Everything the executed notebook's code cells wrote to stdout."""
+  return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                 for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+
+
+def lmi_maps_findings(text: str) -> None:
+  """01: Property 1 holds for every reference, and the true shift is found far above chance."""
+  import re
+  bounds = re.findall(r"Property 1 max\(cross MI - self LMI\) = ([-+.\d]+) bits \(<= 0 holds: (\w+)\)", text)
+  assert len(bounds) >= 3 and all(ok == "True" and float(v) <= 0.005 for v, ok in bounds), bounds
+  chance = float(re.search(r"shifts, chance (\d+)%", text).group(1))
+  found = [float(v) for v in re.findall(r"found at ([\d.]+)% of brain pixels", text)]
+  assert found and min(found) > 2 * chance, (found, chance)
+
+
+def translate_findings(text: str) -> None:
+  """02: the K-means centroids of T1w come out ascending, one per tissue class."""
+  import re
+  line = re.search(r"K-means centroids \(T1w training slices\): (.*)", text).group(1)
+  centroids = [float(v) for v in line.split(",")]
+  assert len(centroids) == 3 and centroids == sorted(centroids) and 0 < centroids[0] < 1, centroids
+
+
+FINDINGS = {"01_lmi_maps.ipynb": lmi_maps_findings, "02_translate.ipynb": translate_findings}

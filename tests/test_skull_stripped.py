@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default, tiny
-from lmi_jax import evaluation, train, translate
+from lmi_jax import segmentation, train, translate
 from lmi_jax.data import load_dataset, phantom
 from lmi_jax.data import slices as slicing
 
@@ -172,6 +172,6 @@ def test_sample_input_writes_translation_and_segmentation_on_the_input_grid(
   assert np.all((translated != 0).sum((0, 1))[holds_brain] > 0)
   assert set(np.unique(labels[raw != 0])) <= {0, 1, 2, 3} and (labels[raw != 0] > 0).mean() > 0.9
   # The K-means used is the one fitted on the training targets, stored beside the model.
-  stored = evaluation.read_segmenter(os.path.join(workdir, translate.SEGMENTER_FILE))
+  stored = segmentation.read_segmenter(os.path.join(workdir, translate.SEGMENTER_FILE))
   data = load_dataset(config, workdir)
-  assert stored == evaluation.fit_segmenter(config, data["train"]["target"])
+  assert stored == segmentation.fit_segmenter(config, data["train"]["target"])

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 
+import flax.linen
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -226,3 +227,34 @@ def test_ema_decay_warms_up_to_the_configured_value():
   assert float(train.ema_decay(0, 0.999)) == pytest.approx(0.1)
   assert float(train.ema_decay(90, 0.999)) == pytest.approx(0.91)
   assert float(train.ema_decay(10**6, 0.999)) == pytest.approx(0.999)
+
+
+class ConstantProbe(models.NCSNpp):
+  """A stand-in network whose output is one learnable constant w everywhere, so the loss has
+  a closed form."""
+
+  @flax.linen.compact
+  def __call__(self, x, noise_labels, train):
+    del noise_labels, train
+    return self.param("w", flax.linen.initializers.zeros, ()) + 0.0 * x[..., :1]
+
+
+@pytest.mark.parametrize("scale_by_sigma", [True, False])
+def test_dsm_loss_matches_a_hand_computation(scale_by_sigma):
+  """0.5 * mean_b sum_pixels (std_b * s_b + z_b)^2 with s = w / std (scale_by_sigma) or w,
+  std_b = sigma_min (sigma_max / sigma_min)^t_b of the VE SDE, t and z as drawn per key."""
+  from lmi_jax import lmi, sde as sdes
+  sde = sdes.VESDE(sigma_min=0.01, sigma_max=50.0)
+  cfg = lmi.LMIConfig(patch_size=3, num_bins=4)
+  x0 = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)
+  keys = jax.random.split(jax.random.key(5), 3)
+  w = 0.7
+  loss = losses.dsm_loss(ConstantProbe(), {"w": np.float32(w)}, sde, cfg, x0, keys, eps=1e-5,
+                         p_uncond=0.0, scale_by_sigma=scale_by_sigma)
+  expected = []
+  for key in keys:
+    draws = losses.draw(key, (8, 8, 1), 1e-5, 0.0)
+    std = 0.01 * (50.0 / 0.01) ** float(draws.t)
+    s = w / std if scale_by_sigma else w
+    expected.append(0.5 * np.sum((std * s + np.asarray(draws.z)) ** 2))
+  assert float(loss) == pytest.approx(np.mean(expected), rel=1e-5)

@@ -1,0 +1,177 @@
+"""K-means tissue segmentation fitted on target-modality training slices only.
+
+The segmenter is fitted on target training slices (the paper's "trained solely on the target
+modality") and then applied unchanged to the true target and to every translation. Two
+protocols: the project's (`fit_segmenter`: k tissue classes over the foreground, background
+its own label 0) and the paper's (`fit_paper_segmenter`: k clusters over the whole slice,
+background included).
+
+Labels are int32 (N, H, W): 0 background, 1..k classes ordered by centroid intensity (for
+T1w and k=3: 1 CSF, 2 GM, 3 WM).
+"""
+
+import dataclasses
+import json
+from typing import NamedTuple
+
+import ml_collections
+import numpy as np
+from sklearn.cluster import KMeans
+
+from lmi_jax.errors import InputError
+from lmi_jax.files import atomic_write
+from lmi_jax.metrics import as_slices
+
+# The paper protocol's threshold: below every [0, 1] intensity, so no pixel is background.
+WHOLE_SLICE = -1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansSegmenter:
+  """A fitted intensity K-means: tissue class j+1 is the cluster of centroids[j].
+
+  centroids: k cluster centres, ascending, in the images' [0, 1] intensity scale.
+  background_threshold: pixels with intensity <= it are background (label 0).
+  """
+
+  centroids: tuple[float, ...]
+  background_threshold: float
+
+  @property
+  def k(self) -> int:
+    return len(self.centroids)
+
+  @property
+  def classes(self) -> tuple[int, ...]:
+    """The tissue labels 1..k (background 0 excluded)."""
+    return tuple(range(1, self.k + 1))
+
+
+def fit_kmeans(
+    train_target_slices: np.ndarray,
+    k: int,
+    seed: int,
+    background_threshold: float = 0.05,
+    max_pixels: int = 200_000,
+    n_init: int = 10,
+) -> KMeansSegmenter:
+  """Fits intensity K-means on the foreground of target-modality training slices.
+
+  Background (intensity <= background_threshold) is its own label and is not clustered:
+  otherwise the large dark background would take a cluster and leave k-1 for tissue.
+  At most `max_pixels` foreground pixels are drawn (seeded) so fitting cost does not
+  grow with the data set; the same seed gives the same centroids.
+
+  Args:
+    train_target_slices: (N, H, W, 1) target-modality training slices in [0, 1].
+    k: number of tissue clusters (config `eval.kmeans_clusters`).
+    seed: seeds both the pixel sample and the K-means initialisation.
+    background_threshold: config `eval.background_threshold`.
+    max_pixels: config `eval.kmeans_max_pixels`.
+    n_init: K-means restarts (config `eval.kmeans_n_init`).
+  Returns:
+    The segmenter, centroids sorted ascending.
+  """
+  if k < 1:
+    raise InputError(f"eval.kmeans_clusters must be >= 1, got {k}.")
+  if max_pixels < k:
+    raise InputError(f"eval.kmeans_max_pixels must be >= eval.kmeans_clusters ({k}), got {max_pixels}.")
+  if n_init < 1:
+    raise InputError(f"eval.kmeans_n_init must be >= 1, got {n_init}.")
+  slices = as_slices("train_target_slices", train_target_slices)
+  values = slices[slices > background_threshold]
+  if np.unique(values).size < k:
+    raise InputError(
+        f"train_target_slices: fewer than eval.kmeans_clusters={k} distinct intensities above "
+        f"eval.background_threshold={background_threshold}; lower the threshold or check the data.")
+  rng = np.random.default_rng(seed)
+  if values.size > max_pixels:
+    values = rng.choice(values, size=max_pixels, replace=False)
+  kmeans = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(values[:, None])
+  centroids = np.sort(kmeans.cluster_centers_[:, 0])
+  return KMeansSegmenter(tuple(float(c) for c in centroids), float(background_threshold))
+
+
+def fit_segmenter(config: ml_collections.ConfigDict, train_target: np.ndarray) -> KMeansSegmenter:
+  """`fit_kmeans` with the settings of the config's `eval` section, on (N, H, W, 1) target
+  training slices only."""
+  return fit_kmeans(
+      train_target, int(config.eval.kmeans_clusters), int(config.seed),
+      background_threshold=float(config.eval.background_threshold),
+      max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
+
+
+def fit_paper_segmenter(config: ml_collections.ConfigDict,
+                        train_target: np.ndarray) -> KMeansSegmenter:
+  """The paper's Dice protocol: `eval.paper_clusters` K-means clusters over every pixel of
+  (N, H, W, 1) target training slices, background included (the dark background takes a
+  cluster of its own)."""
+  return fit_kmeans(
+      train_target, int(config.eval.paper_clusters), int(config.seed),
+      background_threshold=WHOLE_SLICE, max_pixels=int(config.eval.kmeans_max_pixels),
+      n_init=int(config.eval.kmeans_n_init))
+
+
+class Segmenters(NamedTuple):
+  """What scoring segments with: the tissue K-means (Dice) and the paper protocol's (None when
+  eval.paper_clusters is 0)."""
+  tissue: KMeansSegmenter
+  paper: KMeansSegmenter | None
+
+
+def fit_segmenters(config: ml_collections.ConfigDict, train_target: np.ndarray) -> Segmenters:
+  """Both segmenters of the config, fitted on (N, H, W, 1) target training slices only."""
+  paper = (fit_paper_segmenter(config, train_target) if int(config.eval.paper_clusters) > 0
+           else None)
+  return Segmenters(fit_segmenter(config, train_target), paper)
+
+
+def write_segmenter(segmenter: KMeansSegmenter, path: str) -> None:
+  """The segmenter as JSON ({"centroids", "background_threshold"}), written atomically."""
+  atomic_write(path, json.dumps(dataclasses.asdict(segmenter), indent=2).encode("utf-8"))
+
+
+def read_segmenter(path: str) -> KMeansSegmenter:
+  """A segmenter written by `write_segmenter`."""
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+    return KMeansSegmenter(tuple(float(c) for c in stored["centroids"]),
+                           float(stored["background_threshold"]))
+  except (OSError, ValueError, KeyError, TypeError) as exc:
+    raise InputError(f"{path}: not a K-means file ({exc}); delete it to fit it again.") from exc
+
+
+def foreground_mask(segmenter: KMeansSegmenter, images: np.ndarray) -> np.ndarray:
+  """(N, H, W, 1) images -> (N, H, W) bool: intensity above the background threshold."""
+  return as_slices("images", images) > segmenter.background_threshold
+
+
+def segment(
+    segmenter: KMeansSegmenter,
+    images: np.ndarray,
+    foreground: np.ndarray | None = None,
+) -> np.ndarray:
+  """Labels each foreground pixel with its nearest centroid's class; background is 0.
+
+  Args:
+    segmenter: from `fit_kmeans`.
+    images: (N, H, W, 1) in [0, 1].
+    foreground: (N, H, W) bool; None uses `foreground_mask(segmenter, images)`. Passing
+      the true target's foreground makes segmentations of different translations differ
+      only in tissue classes, not in where the head ends.
+  Returns:
+    (N, H, W) int32 labels in 0..k.
+  """
+  slices = as_slices("images", images)
+  if foreground is None:
+    foreground = foreground_mask(segmenter, images)
+  foreground = np.asarray(foreground, dtype=bool)
+  if foreground.shape != slices.shape:
+    raise InputError(f"foreground: shape {foreground.shape} does not match the images' {slices.shape}.")
+  # Centroids are sorted, so in 1-D the nearest one is found between midpoints.
+  midpoints = np.diff(np.asarray(segmenter.centroids)) / 2 + np.asarray(segmenter.centroids[:-1])
+  tissue = np.searchsorted(midpoints, slices).astype(np.int32) + 1
+  return np.where(foreground, tissue, 0).astype(np.int32)
+
+
