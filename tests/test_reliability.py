@@ -139,7 +139,7 @@ def dataset_cases(d: str) -> dict[str, Case]:
                                 (*train, f"--config.data.root={d}/no_files"),
                                 (f"{d}/no_files",)),
       "unpaired_subject": Case("a subject with a target but no source",
-                               (*train, f"--config.data.root={d}/unpaired"), ("b", "PD")),
+                               (*train, f"--config.data.root={d}/unpaired"), ("b (no source)",)),
       "mismatched_grids": Case("source and target grids that do not overlap",
                                (*train, f"--config.data.root={d}/shifted"), ("PD.nii.gz", "covers only")),
   }
