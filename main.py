@@ -22,7 +22,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder of the run: config, checkpoints, events, outputs.")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
-                  "train: fit the score model; sample: translate --input; eval: test-split report.")
+                  "train: fit the model of --config.training.method (score, or a baseline); "
+                  "sample: translate --input; eval: test-split report.")
 flags.DEFINE_string("input", None, "Source NIfTI volume to translate (--mode=sample).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -58,7 +59,7 @@ def split_commas(config: ml_collections.ConfigDict) -> None:
 
 
 MODES = {
-    "train": train.train_score_model,
+    "train": train.train,
     "sample": lambda config, workdir: translate.sample(config, workdir, FLAGS.input),
     # The table goes to stdout as well as to WORKDIR/eval/report.md.
     "eval": lambda config, workdir: print(evaluation.report_markdown(

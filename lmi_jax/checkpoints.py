@@ -141,18 +141,26 @@ def load_shipped(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, 
   return {"params": params}, step
 
 
-def shipped_folder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-  """The shipped model folder used instead of `workdir`'s checkpoints, or None.
-
-  The shipped model (`sampling.pretrained`, a path relative to the working directory or
-  to the repository) is used only when the workdir holds no checkpoint of its own.
-  """
-  if latest_step(score_folder(workdir)) is not None or not config.sampling.pretrained:
-    return None
+def pretrained_folder(config: ml_collections.ConfigDict) -> str | None:
+  """The folder `sampling.pretrained` names (relative to the working directory or to the
+  repository), or None when it names none."""
   folder = config.sampling.pretrained
+  if not folder:
+    return None
   if not os.path.isabs(folder) and not os.path.isdir(folder):
     folder = os.path.join(_REPOSITORY, folder)
   return folder
+
+
+def shipped_folder(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+  """The shipped model folder used instead of `workdir`'s checkpoints, or None.
+
+  The shipped model (`pretrained_folder`) is used only when the workdir holds no
+  checkpoint of its own.
+  """
+  if latest_step(score_folder(workdir)) is not None:
+    return None
+  return pretrained_folder(config)
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:

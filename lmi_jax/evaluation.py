@@ -221,6 +221,9 @@ def report_markdown(report: dict) -> str:
     means = [f"{n} {format_class_means(report['methods'][n]['class_means'])}" for n in names]
     text += (f"\nMean intensity per ground-truth class {'/'.join(map(str, report['classes']))}: target "
              f"{format_class_means(report['target_class_means'])}; " + "; ".join(means) + ".\n")
+  for name in report.get("not_zero_shot", []):
+    text += (f"\n{name}: trained on paired source and target slices; not zero-shot, the "
+             "ceiling of what the source's information allows.\n")
   if "dice_paper" in _reported_metrics(report):
     text += (f"\nDice (paper protocol): {len(report['paper_segmenter']['centroids'])} K-means "
              "clusters over the whole slice, background included, fitted on target training "

@@ -37,6 +37,7 @@ from flax import jax_utils
 from jax.experimental import multihost_utils
 
 from lmi_jax import checkpoints, files, lmi, losses, sampling, writers
+from lmi_jax.baselines import BASELINES
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, key_checker
 from lmi_jax.models import (count_params, create_model, init_variables, lmi_score,
@@ -466,3 +467,15 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
     state = run_steps(config, workdir, cfg, state, images, manager, writer)
   manager.close()  # Waits for the last checkpoint's background writes.
   return state
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """`--mode=train`: the model `training.method` names, the score model or a baseline of
+  `lmi_jax.baselines` (each resumes from its own checkpoints in workdir)."""
+  method = config.training.method
+  if method == "score":
+    train_score_model(config, workdir)
+    return
+  if method not in BASELINES:
+    raise InputError(f"training.method={method!r}: choose score or one of {sorted(BASELINES)}.")
+  BASELINES[method].train(config, workdir)

@@ -12,13 +12,18 @@ the same shape. They share one signature, `method(context, source, key)`, and on
   perturbed to t0 (Meng et al.).
 - histmatch: the source's histogram matched to the pooled target training histogram.
 - identity: the source as it is.
+- cyclegan, stylegan, supervised: the trained baselines of `lmi_jax.baselines` (few-shot
+  CycleGAN, StyleGAN2-ADA inversion, and the supervised ceiling, which is not zero-shot),
+  their parameters from WORKDIR/baselines/<name>.msgpack or the shipped model folder.
 """
 
 import dataclasses
+import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +34,7 @@ from flax import linen as nn
 from skimage import exposure
 
 from lmi_jax import checkpoints, evaluation, figures, files, lmi, sampling, segmentation
+from lmi_jax.baselines import BASELINES, common as baseline_files
 from lmi_jax.data import load_dataset, nifti
 from lmi_jax.errors import InputError
 from lmi_jax.models import create_model, lmi_score, unconditional_score
@@ -45,6 +51,7 @@ class Context:
   target_reference: np.ndarray  # (M,) pooled target training intensities, for histmatch
   step: int = 0  # Training step of the parameters.
   progress: sampling.ProgressFn | None = None  # Host callback of the sampler's steps.
+  baselines: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # name -> parameters.
 
 
 class StepProgress:
@@ -173,12 +180,45 @@ def translate_identity(ctx: Context, source: np.ndarray, key: jax.Array) -> np.n
   return np.asarray(source, np.float32)
 
 
+def translate_baseline(name: str, ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  """The trained baseline `name` (a key of `BASELINES`) with its loaded parameters."""
+  return BASELINES[name].translate(ctx.config, ctx.baselines[name], source, key)
+
+
 METHODS = {
     "lmi": translate_lmi,
     "sdedit": translate_sdedit,
     "histmatch": translate_histmatch,
     "identity": translate_identity,
+    "cyclegan": functools.partial(translate_baseline, "cyclegan"),
+    "stylegan": functools.partial(translate_baseline, "stylegan"),
+    "supervised": functools.partial(translate_baseline, "supervised"),
 }
+# Methods that see paired source/target training data: reports mark them as not zero-shot.
+NOT_ZERO_SHOT = ("supervised",)
+
+
+def baseline_path(config: ml_collections.ConfigDict, workdir: str, name: str) -> str:
+  """The parameters of baseline `name`: WORKDIR/baselines/<name>.msgpack when it was trained
+  there, else <name>.msgpack in the shipped model folder (`sampling.pretrained`)."""
+  own, _ = baseline_files.export_paths(workdir, name)
+  if os.path.isfile(own):
+    return own
+  folder = checkpoints.pretrained_folder(config)
+  shipped = os.path.join(folder, f"{name}.msgpack") if folder else None
+  if shipped and os.path.isfile(shipped):
+    return shipped
+  raise InputError(f"eval.methods: {name} has no trained parameters ({own}"
+                   f"{' or ' + shipped if shipped else ''} does not exist); train it with "
+                   f"--mode=train --config.training.method={name} and the same --workdir.")
+
+
+def load_baselines(ctx: Context, config: ml_collections.ConfigDict, workdir: str,
+                   methods: tuple[str, ...]) -> Context:
+  """`ctx` with the parameters of every trained baseline among `methods`."""
+  params = {name: BASELINES[name].load(config, baseline_path(config, workdir, name))
+            for name in methods if name in BASELINES}
+  return dataclasses.replace(ctx, baselines={**ctx.baselines, **params})
 
 
 def make_context(config: ml_collections.ConfigDict, workdir: str,
@@ -321,7 +361,7 @@ def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tupl
   segmenters = segmentation.fit_segmenters(config, train_target)
   needs_model = any(m in ("lmi", "sdedit") for m in methods)
   ctx = make_context(config, workdir, train_target, with_model=needs_model)
-  return split, segmenters, ctx
+  return split, segmenters, load_baselines(ctx, config, workdir, methods)
 
 
 def inside_source_brain(config: ml_collections.ConfigDict, source: np.ndarray,
@@ -377,6 +417,7 @@ def score_split(config: ml_collections.ConfigDict, outputs: dict[str, np.ndarray
         outputs, split["target"], segmenter, labels=labels, mask=region & ~split["exclude"],
         data_range=data_range)}
   report["split"] = config.eval.split
+  report["not_zero_shot"] = [m for m in outputs if m in NOT_ZERO_SHOT]
   return report
 
 

@@ -39,21 +39,21 @@ def test_eval_writes_a_row_per_method(trained):
   config = config.copy_and_resolve_references()
   config.eval.max_slices = 3
   report = translate.evaluate(config, workdir)
-  assert set(report["methods"]) == set(translate.METHODS)
+  assert tuple(report["methods"]) == config.eval.methods == ("lmi", "sdedit", "histmatch", "identity")
   assert report["n_slices"] == 3
   out = os.path.join(workdir, "eval")
   with open(os.path.join(out, "report.json")) as f:
     saved = json.load(f)
   with open(os.path.join(out, "report.csv")) as f:
     rows = {r.split(",")[0]: r.split(",") for r in f.read().strip().splitlines()}
-  for name in translate.METHODS:
+  for name in config.eval.methods:
     entry = saved["methods"][name]
     for metric in ("dice", "dice_paper", "psnr", "ssim"):
       assert entry[metric]["mean"] == pytest.approx(np.nanmean(entry["per_slice"][metric]))
     assert float(rows[name][rows["method"].index("psnr_mean")]) == pytest.approx(entry["psnr"]["mean"])
   with open(os.path.join(out, "report.md")) as f:
     header = f.readline()
-  assert header.strip() == "| metric | " + " | ".join(translate.METHODS) + " |"
+  assert header.strip() == "| metric | " + " | ".join(config.eval.methods) + " |"
   assert matplotlib.image.imread(os.path.join(out, "comparison.png")).shape[1] == 400
   # The identity row scores the test sources themselves, computed here independently.
   data = load_dataset(config, workdir)
@@ -332,3 +332,23 @@ print("ok", out.shape)
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.split() == ["ok", "(5,", "8,", "8,", "1)"]
+
+
+@pytest.mark.parametrize("name", ["cyclegan", "supervised"])
+def test_shipped_baselines_load_and_translate(name, tmp_path):
+  """The baselines shipped beside the phantom model: found through sampling.pretrained when
+  the workdir has none, loaded against the config's network, and run as eval methods."""
+  config = phantom_pd2t1_cpu.get_config()
+  path = translate.baseline_path(config, str(tmp_path), name)
+  assert path.endswith(os.path.join("checkpoints", "phantom_pd2t1", f"{name}.msgpack"))
+  ctx = translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
+                          target_reference=np.zeros(1, np.float32))
+  ctx = translate.load_baselines(ctx, config, str(tmp_path), (name, "identity"))
+  assert set(ctx.baselines) == {name}
+  source = np.random.default_rng(0).random((3, 64, 64, 1)).astype(np.float32)
+  out = translate.METHODS[name](ctx, source, jax.random.key(0))
+  assert out.shape == source.shape and out.dtype == np.float32
+  assert 0 <= out.min() and out.max() <= 1 and np.abs(out - source).mean() > 0.01
+  config.sampling.pretrained = ""
+  with pytest.raises(InputError, match=f"--config.training.method={name}"):
+    translate.baseline_path(config, str(tmp_path), name)
