@@ -58,7 +58,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from skimage import filters
 
-from lmi_jax import evaluation, host, lmi, structure, translate
+from lmi_jax import evaluation, files, host, lmi, structure, translate
 from lmi_jax.data import dataset, nifti, phantom
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -69,7 +69,7 @@ _STREAMS = ("anatomy", "relaxation", "T1 scan", "PD/T2 scan") + phantom.CONTRAST
 _TISSUES = ("csf", "gm", "wm")
 _ADJACENT = ((1, 2), (2, 3))  # (CSF, GM) and (GM, WM) label pairs.
 METHOD_NAMES = ("lmi", "sdedit", "histmatch", "identity")
-_METRICS = ("dice", "dice_gt", "psnr", "ssim")
+_METRICS = ("dice", "dice_paper", "dice_gt", "psnr", "ssim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +266,17 @@ def brain_equalize(image: np.ndarray, floor: float = 0.2) -> np.ndarray:
   return np.where(brain, inside, np.minimum(outside, floor)).astype(np.float32)
 
 
+def flatten(image: np.ndarray, sigma_px: float = 6.0) -> np.ndarray:
+  """One (H, W) slice divided inside its brain by its local mean there (a Gaussian of
+  sigma_px pixels, normalised convolution): a bias-field correction; the background as is."""
+  brain, _ = _brain_and_background(image)
+  weight = ndimage.gaussian_filter(brain.astype(np.float64), sigma_px)
+  local = ndimage.gaussian_filter(image * brain, sigma_px) / np.maximum(weight, 1e-12)
+  level = float(np.median(image[brain]))
+  ratio = level * image / np.maximum(local, 1e-6 * max(level, 1e-6))
+  return np.where(brain, ratio, image).astype(np.float32)
+
+
 LMI_INPUTS = {
     "none": lambda image: image,
     "brain_stretch": brain_stretch,
@@ -273,6 +284,8 @@ LMI_INPUTS = {
     "brain_stretch_f40": lambda image: brain_stretch(image, floor=0.4),
     "brain_equalize": brain_equalize,
     "smooth_stretch": lambda image: brain_stretch(ndimage.gaussian_filter(image, 0.7)),
+    "flat_stretch": lambda image: brain_stretch(flatten(image)),
+    "flat_equalize": lambda image: brain_equalize(flatten(image)),
 }
 
 
@@ -362,7 +375,7 @@ def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
         config, source, translate.METHODS[method](ctx, given, noise_key))
     logging.info("%s %s: %d slices in %.1f s", name, method, len(source), time.time() - start)
     stored[f"{method}/{key}"] = outputs[method]
-    evaluation.save_npz_atomic(path, **stored)
+    files.save_npz(path, **stored)
   return outputs
 
 
@@ -391,34 +404,53 @@ def paired(rows: dict, baseline: dict, variant: str, method: str, metric: str) -
   return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
 
 
-def feature_study(config: ml_collections.ConfigDict, args: argparse.Namespace,
-                  reference: np.ndarray, target: np.ndarray, labels: np.ndarray) -> dict:
-  """Pearson correlations inside the brain, averaged over slices: cross-LMI(reference, x)
-  against cross-LMI(target, x) for x = target + sigma z at each --feature-sigmas, and
-  self-LMI(reference) against self-LMI(target); with the brain std ratio of the maps."""
-  cfg = lmi.from_config(config.lmi)
-  key = jax.random.PRNGKey(int(config.seed))
-  brain = labels > 0
+def feature_study(run_cfg: lmi.LMIConfig, trained_cfg: lmi.LMIConfig, sigmas: list[float],
+                  seed: int, reference: np.ndarray, target: np.ndarray,
+                  labels: np.ndarray) -> dict:
+  """How much guidance the conditioning carries, against what the network was trained with.
 
-  def correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    rs, ratios = [], []
-    for x, y, m in zip(a[..., 0], b[..., 0], brain):
-      x, y = x[m], y[m]
-      if x.std() > 0 and y.std() > 0:
-        rs.append(float(np.corrcoef(x, y)[0, 1]))
-      ratios.append(float(x.std() / max(y.std(), 1e-12)))
-    return (float(np.mean(rs)) if rs else 0.0), float(np.mean(ratios))
+  x = target + sigma z and a wrong x (the target of the slice 3 places on: another
+  subject, same noise) at each sigma. Over the brain interior (labels > 0 eroded by 2
+  pixels, in both slices for the wrong x), averaged over slices:
+    gap@s:   [mean cross(reference, x) - mean cross(reference, wrong x)] over the same
+             for the target as reference under `trained_cfg` (training's conditioning): the
+             share of the training-time signal that tells the right anatomy from a wrong one.
+    level@s: mean cross(reference, x) over mean cross(target, x): the shift of the map's level.
+    r@s:     Pearson correlation of cross(reference, x) with cross(target, x).
+  self_r: correlation of self(reference) with self(target), and self_level, their mean ratio.
+  Reference maps use `run_cfg`, target maps `trained_cfg`.
+  """
+  key = jax.random.PRNGKey(seed)
+  inside = np.stack([ndimage.binary_erosion(m, iterations=2) for m in labels > 0])
+  wrong = np.roll(target, 3, axis=0)
+  both = inside & np.roll(inside, 3, axis=0)
+
+  def mean_in(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    return np.array([m[..., 0][k].mean() for m, k in zip(maps, masks)])
+
+  def corr(a: np.ndarray, b: np.ndarray) -> float:
+    values = [np.corrcoef(x[..., 0][k], y[..., 0][k])[0, 1] for x, y, k in zip(a, b, inside)
+              if x[..., 0][k].std() > 0 and y[..., 0][k].std() > 0]
+    return float(np.mean(values)) if values else 0.0
 
   out = {}
-  self_ref = np.asarray(lmi.self_lmi(reference, cfg))
-  self_target = np.asarray(lmi.self_lmi(target, cfg))
-  out["self_r"], out["self_std_ratio"] = correlations(self_ref, self_target)
-  for sigma in args.feature_sigmas:
-    x = target + sigma * np.asarray(jax.random.normal(jax.random.fold_in(key, int(sigma * 1e4)),
-                                                      target.shape))
-    ref_map = np.asarray(lmi.cross_lmi(reference, x, cfg).value)
-    target_map = np.asarray(lmi.cross_lmi(target, x, cfg).value)
-    out[f"cross_r@{sigma:g}"], out[f"cross_std_ratio@{sigma:g}"] = correlations(ref_map, target_map)
+  self_ref = np.asarray(lmi.self_lmi(reference, run_cfg))
+  self_target = np.asarray(lmi.self_lmi(target, trained_cfg))
+  out["self_r"] = corr(self_ref, self_target)
+  out["self_level"] = float(np.mean(mean_in(self_ref, inside) / mean_in(self_target, inside)))
+  for sigma in sigmas:
+    noise = sigma * np.asarray(jax.random.normal(jax.random.fold_in(key, int(sigma * 1e4)),
+                                                 target.shape))
+    x, x_wrong = target + noise, wrong + noise
+    ref_map = np.asarray(lmi.cross_lmi(reference, x, run_cfg).value)
+    ref_wrong = np.asarray(lmi.cross_lmi(reference, x_wrong, run_cfg).value)
+    target_map = np.asarray(lmi.cross_lmi(target, x, trained_cfg).value)
+    target_wrong = np.asarray(lmi.cross_lmi(target, x_wrong, trained_cfg).value)
+    ref_gap = mean_in(ref_map, both) - mean_in(ref_wrong, both)
+    target_gap = mean_in(target_map, both) - mean_in(target_wrong, both)
+    out[f"gap@{sigma:g}"] = float(ref_gap.mean() / target_gap.mean())
+    out[f"level@{sigma:g}"] = float(np.mean(mean_in(ref_map, inside) / mean_in(target_map, inside)))
+    out[f"r@{sigma:g}"] = corr(ref_map, target_map)
   return out
 
 
@@ -521,7 +553,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--baseline", default="", help="An earlier results.json for paired ΔDice.")
   parser.add_argument("--features-only", action="store_true",
                       help="Measure the conditioning maps instead of translating.")
-  parser.add_argument("--feature-sigmas", type=float, nargs="*", default=[0.02, 0.1, 0.3])
+  parser.add_argument("--feature-sigmas", type=float, nargs="*", default=[0.05, 0.2, 0.5],
+                      help="Noise stds of x in the --features-only study.")
   args = parser.parse_args(argv)
   args.order = ["gm,csf,wm"] if args.order is None else [o for o in args.order if o]
   return args
@@ -534,6 +567,7 @@ def main(argv: list[str] | None = None) -> None:
   config = load_config(args.config, args.source, args.lmi_override, args.split,
                        args.sampling_override)
   config.eval.max_slices = args.max_slices
+  trained_lmi = lmi.from_config(load_config(args.config, args.source, [], args.split, []).lmi)
   host.split_host(int(config.host_devices))
   variants = parse_variants(args.levels, args.noise, args.order)
   needed = () if args.features_only else methods
@@ -551,8 +585,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.features_only:
       reference = lmi_input(args.lmi_input, parts["source"])
       features[variant.name] = dict(cnr=float(np.nanmean(cnr)), structure=float(scores.mean()),
-                                    **feature_study(config, args, reference, split["target"],
-                                                    split["labels"]))
+                                    **feature_study(lmi.from_config(config.lmi), trained_lmi,
+                                                    args.feature_sigmas, int(config.seed),
+                                                    reference, split["target"], split["labels"]))
       logging.info("%s: %s", variant.name, features[variant.name])
       continue
     outputs = translate_variant(ctx, config, args, variant.name, parts["source"], methods)

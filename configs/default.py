@@ -92,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- training (lmi_jax/train.py) -------------------------------------------
   config.training = training = ml_collections.ConfigDict()
+  training.method = "score"  # What --mode=train trains: score (the diffusion model) | cyclegan | stylegan | supervised (lmi_jax/baselines).
   training.batch_size = 4  # Global batch over every device of every host; must divide by their count (the authors: 4).
   training.num_steps = 300_000  # Optimisation steps (the paper: 300K iterations).
   training.lr = 3e-4  # Adam learning rate (the paper); betas (0.9, 0.999) as the authors.
@@ -134,6 +135,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- evaluation (lmi_jax/evaluation.py) -------------------------------------
   config.eval = evaluation = ml_collections.ConfigDict()
   evaluation.kmeans_clusters = 3  # Tissue classes of the K-means segmenter (3: CSF/GM/WM; the paper's text says 5).
+  evaluation.paper_clusters = 5  # K-means clusters of the "Dice (paper protocol)" column: over the whole slice, background included (0: no column).
+  evaluation.data_range = 1.0  # Intensity span that PSNR and SSIM are computed with (slices are in [0, 1]).
   evaluation.background_threshold = 0.05  # Pixels <= this are background (label 0) and are not clustered.
   evaluation.kmeans_max_pixels = 200_000  # Foreground pixels sampled (seeded) from the target train slices to fit K-means.
   evaluation.kmeans_n_init = 10  # K-means restarts; the lowest-inertia fit is kept.
@@ -148,8 +151,8 @@ def get_config() -> ml_collections.ConfigDict:
   cyclegan.generator_blocks = 6  # Residual blocks of the generators (the original: 6 at 128 px, 9 at 256 px).
   cyclegan.discriminator_features = 32  # Channels of the PatchGAN's first layer, doubled per layer up to 8x (the original: 64).
   cyclegan.discriminator_layers = 2  # Stride-2 PatchGAN layers: 2 -> 34 px receptive field (64 px slices), 3 -> the original's 70 px.
-  cyclegan.batch_size = 2  # Source and target slices per step, drawn independently (the original: 1).
-  cyclegan.num_steps = 2500  # Steps; the learning rate is constant for the first half and decays linearly to 0 over the second.
+  cyclegan.batch_size = 1  # Source and target slices per step, drawn independently (the original: 1).
+  cyclegan.num_steps = 3500  # Steps; the learning rate is constant for the first half and decays linearly to 0 over the second.
   cyclegan.lr = 2e-4  # Adam learning rate of generators and discriminators (betas 0.5, 0.999).
   cyclegan.cycle_weight = 10.0  # Weight of the cycle-consistency L1 losses (lambda).
   cyclegan.identity_weight = 0.5  # Identity L1 loss weight as a fraction of cycle_weight (0.5: 0.5 lambda).
@@ -181,16 +184,16 @@ def get_config() -> ml_collections.ConfigDict:
   stylegan.channel_base = 1024  # Channels at resolution r: min(channel_base / r, channel_max), in G, D and the encoder.
   stylegan.channel_max = 64  # Most channels of any layer (StyleGAN2: 512).
   stylegan.mbstd_group = 4  # Group size of D's minibatch standard deviation.
-  stylegan.batch_size = 16  # Images per G and D step.
+  stylegan.batch_size = 8  # Images per G and D step (8: twice the steps of 16 in the same CPU time).
   stylegan.num_steps = 100_000  # Training iterations (each a G and a D step); the time limit usually ends it first.
   stylegan.g_lr = 0.0025  # Adam learning rate of G (betas 0, 0.99 as StyleGAN2).
   stylegan.d_lr = 0.0025  # Adam learning rate of D.
-  stylegan.r1_gamma = 0.05  # R1 weight gamma (ADA's rule 0.0002 * size^2 / batch at 64 px); 0: off.
+  stylegan.r1_gamma = 0.1  # R1 weight gamma (ADA's rule 0.0002 * size^2 / batch at 64 px, batch 8); 0: off.
   stylegan.r1_interval = 16  # D steps between lazy R1 steps.
   stylegan.pl_weight = 2.0  # Path-length regularisation weight (StyleGAN2: 2); 0: off.
   stylegan.pl_interval = 4  # G steps between lazy path-length steps.
   stylegan.style_mixing = 0.9  # Chance that a generated image mixes the styles of two z.
-  stylegan.ema_kimg = 5.0  # Half-life of G's EMA in thousands of images (ADA: 10 * batch / 32).
+  stylegan.ema_kimg = 2.5  # Half-life of G's EMA in thousands of images (ADA: 10 * batch / 32).
   stylegan.ema_rampup = 0.05  # The EMA half-life is at most this fraction of the images seen (0.05 as ADA).
   stylegan.ada_target = 0.6  # ADA's target r_t = E[sign D(real)]; p rises above it and falls below.
   stylegan.ada_interval = 4  # Steps between updates of ADA's p.
@@ -200,7 +203,7 @@ def get_config() -> ml_collections.ConfigDict:
   stylegan.sample_every = 500  # GAN steps between sample grids in workdir/stylegan/samples (0: none).
   stylegan.time_limit_min = 0.0  # >0: the GAN stops with a checkpoint after this many minutes of a call; a rerun resumes.
   stylegan.encoder_steps = 3000  # Steps of the in-domain encoder, trained after the GAN.
-  stylegan.encoder_batch_size = 16  # Target slices per encoder step.
+  stylegan.encoder_batch_size = 8  # Target slices per encoder step.
   stylegan.encoder_lr = 1e-3  # Adam learning rate of the encoder.
   stylegan.encoder_feature_weight = 1.0  # Weight of the D-feature distance in the encoder's loss.
   stylegan.encoder_adv_weight = 0.05  # Weight of softplus(-D(G(E(x)))) in the encoder's loss (Zhu et al.: 0.1 of a larger loss).

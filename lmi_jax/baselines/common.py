@@ -66,8 +66,8 @@ class LoopSchedule:
 
 @dataclasses.dataclass(frozen=True)
 class LoopResult:
-  """state: the final state as host arrays; wall_s: training seconds over every call;
-  finished: whether state.step reached schedule.num_steps."""
+  """state: the final state as host arrays; wall_s: training seconds over every call, as
+  the last checkpoint holds them; finished: whether state.step reached schedule.num_steps."""
   state: State
   wall_s: float
   finished: bool
@@ -168,7 +168,7 @@ def train_loop(step_fn: Callable[[State, Batch], tuple[State, Metrics]],
 
   window = _Window(start_step)
   iterator = batches(start_step)
-  step = start_step
+  saved_wall_s = wall_before
   for step in range(start_step + 1, schedule.num_steps + 1):
     state, metrics = step_fn(state, next(iterator))
     window.add(metrics)
@@ -185,18 +185,33 @@ def train_loop(step_fn: Callable[[State, Batch], tuple[State, Metrics]],
                                          step % schedule.preview_every == 0)):
       write_preview(step)
     if step % schedule.checkpoint_every == 0 or last:
-      checkpoints.save(manager, step, {"state": state, "wall_s": wall_s()})
+      saved_wall_s = wall_s()
+      checkpoints.save(manager, step, {"state": state, "wall_s": saved_wall_s})
     if over_time:
       logging.info("Stopped at step %d: time_limit_min=%g reached; rerun to resume.", step,
                    schedule.time_limit_min)
       break
-  total_wall_s = float(wall_s()) if step > start_step else wall_before
   manager.wait_until_finished()
   manager.close()
   writer.close()
   state = jax.device_get(state)
-  return LoopResult(state=state, wall_s=total_wall_s,
+  return LoopResult(state=state, wall_s=float(saved_wall_s),
                     finished=int(state.step) >= schedule.num_steps)
+
+
+KEY_IMPL = "rbg"  # PRNG of the baselines' parameter init and training noise.
+
+
+def fast_key(seed: int) -> jax.Array:
+  """A KEY_IMPL key: XLA compiles its draws far faster than threefry's on CPU (a jitted
+  CycleGAN generator init: 2 s vs 16 s; each threefry draw is compiled on its own).
+  States hold it as `jax.random.key_data`; `wrap_fast_key` turns that back into a key."""
+  return jax.random.key(seed, impl=KEY_IMPL)
+
+
+def wrap_fast_key(data: jax.Array) -> jax.Array:
+  """The key whose `jax.random.key_data` is `data`, (4,) uint32 of a `fast_key`."""
+  return jax.random.wrap_key_data(data, impl=KEY_IMPL)
 
 
 def apply_in_batches(fn: Callable[[jax.Array], jax.Array], images: np.ndarray,

@@ -18,13 +18,15 @@ discriminators see fakes from a 50-image pool (half the time an older fake) and 
 is halved. Adam 2e-4, betas (0.5, 0.999), the rate constant for the first half of
 `cyclegan.num_steps` and decaying linearly to 0 over the second.
 
-Sizes for the 2-core CPU at 64 x 64 (the defaults): k = 16, 6 residual blocks (the
-original's count at 128 px), discriminators of 32 base channels and 2 layers, batches of 2.
-G has 0.48M parameters (1.9 MB exported). Measured on this CPU (shared with other jobs):
-~0.55 s per step, so the 2,500 default steps (33 epochs of the 150 few-shot source
-slices... see the report) take ~25 minutes. At 128 px with a GPU, use the original's sizes:
-generator_features 64, generator_blocks 9, discriminator_features 64,
-discriminator_layers 3, batch_size 1, and about 200 epochs.
+Sizes for the 2-core CPU at 64 x 64 (the defaults): k = 16 and 6 residual blocks (the
+original's count at 128 px), discriminators of 32 base channels and 2 stride-2 layers,
+batches of 1 (the original's). G has 0.49M parameters (1.97 MB exported), each D 0.17M.
+Measured on the phantom PD -> T1 config (nice 10, the CPU shared with other jobs at load
+8-13): 0.37-1.16 s per step, median 0.70 s, 35 s for the first (compiling) step; 0.35 s
+in a 10-step benchmark at load ~6. The 3,500 default steps (12 passes over the 300 target
+slices, 106 over the 33 few-shot source slices) took 40 minutes there (2,061 in the first
+25); at 0.35 s per step they take 20. At 128 px with a GPU use the original's sizes: generator_features 64,
+generator_blocks 6 (9 at 256 px), discriminator_features 64, discriminator_layers 3.
 
 Training writes checkpoints to WORKDIR/cyclegan/checkpoints (a rerun resumes; stops at
 `cyclegan.time_limit_min`), TensorBoard scalars and a preview (rows: source, G(source),
@@ -135,7 +137,6 @@ class Settings:
   generator: ResnetGenerator
   discriminator: PatchDiscriminator
   lr: float
-  num_steps: int
   cycle_weight: float
   identity_weight: float
   pool_size: int
@@ -149,7 +150,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> Settings:
       generator=ResnetGenerator(int(section.generator_features), int(section.generator_blocks)),
       discriminator=PatchDiscriminator(int(section.discriminator_features),
                                        int(section.discriminator_layers)),
-      lr=float(section.lr), num_steps=int(section.num_steps),
+      lr=float(section.lr),
       cycle_weight=float(section.cycle_weight), identity_weight=float(section.identity_weight),
       pool_size=int(section.pool_size))
 
@@ -177,14 +178,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f">= {smallest} px).")
 
 
-def learning_rate(settings: Settings) -> optax.Schedule:
-  """lr for the first half of the steps, then linearly down to 0 at num_steps."""
-  half = max(settings.num_steps / 2.0, 1.0)
-  return lambda step: settings.lr * jnp.clip((settings.num_steps - step) / half, 0.0, 1.0)
+def learning_rate(lr: float, num_steps: jax.Array | int) -> optax.Schedule:
+  """lr for the first half of num_steps (which may be traced), then linearly down to 0."""
+  half = jnp.maximum(num_steps / 2.0, 1.0)
+  return lambda step: lr * jnp.clip((num_steps - step) / half, 0.0, 1.0)
 
 
-def optimizer(settings: Settings) -> optax.GradientTransformation:
-  return optax.adam(learning_rate(settings), b1=0.5, b2=0.999)
+def optimizer(lr: float, num_steps: jax.Array | int) -> optax.GradientTransformation:
+  """Adam with betas (0.5, 0.999) under `learning_rate`."""
+  return optax.adam(learning_rate(lr, num_steps), b1=0.5, b2=0.999)
 
 
 @flax.struct.dataclass
@@ -194,7 +196,8 @@ class State:
   step: () int32 steps taken. params: {"g": source -> target, "f": target -> source,
   "d_target", "d_source"}. opt_g, opt_d: optax states of {"g", "f"} and of the two
   discriminators. pool_target, pool_source: (pool_size, H, W, 1) earlier fakes of each
-  domain; pool_count: (2,) int32 fakes stored in them. key: (2,) uint32 key data.
+  domain; pool_count: (2,) int32 fakes stored in them. key: (4,) uint32 data of a
+  `common.fast_key`.
   """
   step: jax.Array
   params: Any
@@ -225,19 +228,20 @@ def init_params(key: jax.Array, settings: Settings, image_size: int) -> dict:
           "d_source": settings.discriminator.init(keys[3], x)["params"]}
 
 
-def create_state(key: jax.Array, settings: Settings, image_size: int) -> State:
-  """A fresh state: initialised networks, empty pools."""
-  init_key, step_key = jax.random.split(key)
-  params = init_params(init_key, settings, image_size)
+def create_state(seed: int, settings: Settings, image_size: int) -> State:
+  """A fresh state: networks initialised from `common.fast_key(seed)`, empty pools, the
+  step's key (the pools' draws) fast_key(seed + 1)."""
+  params = init_params(common.fast_key(seed), settings, image_size)
   pool_shape = (settings.pool_size, image_size, image_size, 1)
+  adam = optimizer(settings.lr, 1)  # The schedule does not enter Adam's state.
   # Two buffers, not one array twice: the step donates each of them.
   return State(step=jnp.zeros((), jnp.int32), params=params,
-               opt_g=optimizer(settings).init(generator_params(params)),
-               opt_d=optimizer(settings).init(discriminator_params(params)),
+               opt_g=adam.init(generator_params(params)),
+               opt_d=adam.init(discriminator_params(params)),
                pool_target=jnp.zeros(pool_shape, jnp.float32),
                pool_source=jnp.zeros(pool_shape, jnp.float32),
                pool_count=jnp.zeros((2,), jnp.int32),
-               key=jax.random.key_data(step_key))
+               key=jax.random.key_data(common.fast_key(seed + 1)))
 
 
 def query_pool(pool: jax.Array, count: jax.Array, fakes: jax.Array,
@@ -318,13 +322,15 @@ def discriminator_losses(d_params: dict, source: jax.Array, target: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("settings",), donate_argnums=(0,))
-def train_step(state: State, batch: dict[str, jax.Array],
+def train_step(state: State, batch: dict[str, jax.Array], num_steps: jax.Array,
                settings: Settings) -> tuple[State, dict[str, jax.Array]]:
   """One update of both generators, then of both discriminators on pooled fakes.
 
   Args:
     batch: "source" (B, H, W, 1) few-shot source slices and "target" (B, H, W, 1) target
       slices, drawn independently, in [0, 1].
+    num_steps: () int32 length of the run, which sets the learning-rate decay; an argument,
+      not a setting, so runs of any length share the compiled step.
   Returns:
     The new state and () metrics: g_gan, cycle, identity, g_total, d_target, d_source.
   """
@@ -332,10 +338,11 @@ def train_step(state: State, batch: dict[str, jax.Array],
   g_params, d_params = generator_params(state.params), discriminator_params(state.params)
   (_, (parts, fakes)), g_grads = jax.value_and_grad(generator_losses, has_aux=True)(
       g_params, d_params, source, target, settings)
-  updates, opt_g = optimizer(settings).update(g_grads, state.opt_g, g_params)
+  adam = optimizer(settings.lr, num_steps)
+  updates, opt_g = adam.update(g_grads, state.opt_g, g_params)
   g_params = optax.apply_updates(g_params, updates)
 
-  key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+  key = jax.random.fold_in(common.wrap_fast_key(state.key), state.step)
   target_key, source_key = jax.random.split(key)
   pool_target, count_target, fake_target = query_pool(
       state.pool_target, state.pool_count[0], jax.lax.stop_gradient(fakes["target"]),
@@ -345,7 +352,7 @@ def train_step(state: State, batch: dict[str, jax.Array],
       source_key)
   (_, d_parts), d_grads = jax.value_and_grad(discriminator_losses, has_aux=True)(
       d_params, source, target, fake_source, fake_target, settings)
-  updates, opt_d = optimizer(settings).update(d_grads, state.opt_d, d_params)
+  updates, opt_d = adam.update(d_grads, state.opt_d, d_params)
   d_params = optax.apply_updates(d_params, updates)
 
   new_state = state.replace(step=state.step + 1, params={**g_params, **d_params},
@@ -429,13 +436,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
   logging.info("CycleGAN: source slices of %d of %d training subjects (%d slices); %d target "
                "slices", len(np.unique(train_split["subject"][rows])),
                len(np.unique(train_split["subject"])), len(source), len(target))
-  state = create_state(jax.random.key(config.seed), settings, config.data.image_size)
+  state = create_state(int(config.seed), settings, config.data.image_size)
   logging.info("CycleGAN: G %d, D %d parameters (each of two)",
                count_params(state.params["g"]), count_params(state.params["d_target"]))
   preview_source = train_split["source"][:NUM_PREVIEW]
   preview_target = train_split["target"][:NUM_PREVIEW]
   result = common.train_loop(
-      functools.partial(train_step, settings=settings),
+      functools.partial(train_step, num_steps=np.int32(section.num_steps), settings=settings),
       lambda start: unpaired_batches(source, target, int(config.seed), start,
                                      int(section.batch_size), bool(section.hflip)),
       state, os.path.join(workdir, NAME), common.loop_schedule(section),

@@ -84,6 +84,9 @@ BRIGHTNESS_STD = 0.2
 CONTRAST_LOG2_STD = 0.5
 PL_DECAY = 0.01  # EMA rate of the path-length target.
 W_AVG_BETA = 0.995  # EMA rate of the tracked mean w (the inversion's and encoder's origin).
+# XLA's RngBitGenerator: each threefry draw is a graph that takes ~1 s to compile on a
+# CPU, and the networks' initialisation and every step make many draws.
+PRNG_IMPL = "rbg"
 
 
 # --------------------------------------------------------------------------------------
@@ -187,29 +190,20 @@ class Conv(nn.Module):
 
 
 class StyleConv(nn.Module):
-  """Modulated, demodulated 3 x 3 convolution, noise input, bias, leaky ReLU.
-
-  noise_mode: "random" draws the noise from the "noise" rng; "const" uses a fixed map
-  (the same for every call, so the generator is deterministic for inversion).
-  """
+  """Modulated, demodulated 3 x 3 convolution, noise input, bias, leaky ReLU."""
   features: int
   up: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, w: jax.Array, noise_mode: str) -> jax.Array:
-    """x: (N, H, W, Cin), w: (N, w_dim) -> (N, H', W', features) (H' = 2H if up)."""
+  def __call__(self, x: jax.Array, w: jax.Array, noise: jax.Array) -> jax.Array:
+    """x: (N, H, W, Cin), w: (N, w_dim), noise: (N or 1, H', W', 1) -> (N, H', W', features)
+    (H' = 2H if up)."""
     cin = x.shape[-1]
     styles = Dense(cin, bias_init=1.0, name="affine")(w)
     kernel = self.param("kernel", nn.initializers.normal(1.0), (3, 3, cin, self.features))
     if self.up:
       x = upsample2(x)
     y = modulated_conv(x, kernel, styles, demodulate=True)
-    n, h, wd, _ = y.shape
-    if noise_mode == "random":
-      noise = jax.random.normal(self.make_rng("noise"), (n, h, wd, 1))
-    else:
-      noise = jax.random.normal(jax.random.key(h * 1000 + self.features + 7 * self.up),
-                                (1, h, wd, 1))
     y = y + noise * self.param("noise_strength", nn.initializers.zeros, ())
     return lrelu(y + self.param("bias", nn.initializers.zeros, (self.features,)))
 
@@ -246,6 +240,28 @@ def num_ws(image_size: int) -> int:
   return 2 * len(resolutions(image_size))
 
 
+def noise_sizes(image_size: int) -> list[int]:
+  """Sizes of the synthesis network's noise maps, in layer order (one at 4, two per larger)."""
+  return [4] + [r for r in resolutions(image_size)[1:] for _ in range(2)]
+
+
+def random_noise(key: jax.Array, batch: int, image_size: int) -> list[jax.Array]:
+  """Per-layer noise maps (batch, r, r, 1) drawn in one call (one PRNG graph compiles far
+  faster than one per layer)."""
+  sizes = noise_sizes(image_size)
+  flat = jax.random.normal(key, (batch, sum(r * r for r in sizes)))
+  offsets = np.cumsum([0] + [r * r for r in sizes])
+  return [flat[:, offsets[i]:offsets[i + 1]].reshape(batch, r, r, 1)
+          for i, r in enumerate(sizes)]
+
+
+def fixed_noise(image_size: int) -> list[jax.Array]:
+  """The constant noise maps (1, r, r, 1) used for inversion and samples (fixed seed)."""
+  rng = np.random.default_rng(0)
+  return [jnp.asarray(rng.standard_normal((1, r, r, 1)), jnp.float32)
+          for r in noise_sizes(image_size)]
+
+
 class Mapping(nn.Module):
   """z (N, z_dim) -> w (N, w_dim)."""
   w_dim: int
@@ -267,16 +283,17 @@ class Synthesis(nn.Module):
   channel_max: int
 
   @nn.compact
-  def __call__(self, ws: jax.Array, noise_mode: str = "random") -> jax.Array:
+  def __call__(self, ws: jax.Array, noise: Sequence[jax.Array]) -> jax.Array:
+    """ws: (N, num_ws, w_dim); noise: the maps of `random_noise` or `fixed_noise`."""
     ch = lambda r: channels(r, self.channel_base, self.channel_max)
     const = self.param("const", nn.initializers.normal(1.0), (4, 4, ch(4)))
     x = jnp.broadcast_to(const, (ws.shape[0],) + const.shape)
-    x = StyleConv(ch(4), name="b4_conv")(x, ws[:, 0], noise_mode)
+    x = StyleConv(ch(4), name="b4_conv")(x, ws[:, 0], noise[0])
     image = ToRGB(name="b4_torgb")(x, ws[:, 1])
     for i, res in enumerate(resolutions(self.image_size)[1:]):
       first = 2 * i + 1  # The toRGB of a block shares its w with the next block's first conv.
-      x = StyleConv(ch(res), up=True, name=f"b{res}_conv0")(x, ws[:, first], noise_mode)
-      x = StyleConv(ch(res), name=f"b{res}_conv1")(x, ws[:, first + 1], noise_mode)
+      x = StyleConv(ch(res), up=True, name=f"b{res}_conv0")(x, ws[:, first], noise[first])
+      x = StyleConv(ch(res), name=f"b{res}_conv1")(x, ws[:, first + 1], noise[first + 1])
       image = upsample2(image) + ToRGB(name=f"b{res}_torgb")(x, ws[:, first + 2])
     return image
 
@@ -384,14 +401,18 @@ def build_nets(config: ml_collections.ConfigDict) -> Nets:
       z_dim=int(sg.z_dim), w_dim=int(sg.w_dim), num_ws=num_ws(size), image_size=size)
 
 
+def prng_key(seed: int) -> jax.Array:
+  """A PRNG key of this module's implementation (PRNG_IMPL)."""
+  return jax.random.key(seed, impl=PRNG_IMPL)
+
+
 def init_gan(nets: Nets, key: jax.Array) -> dict[str, Params]:
   """{"g": {"mapping", "synthesis"}, "d": discriminator} parameters."""
-  k_map, k_syn, k_d, k_noise = jax.random.split(key, 4)
+  k_map, k_syn, k_d = jax.random.split(key, 3)
   size = nets.image_size
   ws = jnp.zeros((2, nets.num_ws, nets.w_dim))
   return {"g": {"mapping": nets.mapping.init(k_map, jnp.zeros((2, nets.z_dim)))["params"],
-                "synthesis": nets.synthesis.init({"params": k_syn, "noise": k_noise},
-                                                 ws)["params"]},
+                "synthesis": nets.synthesis.init(k_syn, ws, fixed_noise(size))["params"]},
           "d": nets.discriminator.init(k_d, jnp.zeros((2, size, size, 1)))["params"]}
 
 
@@ -410,9 +431,10 @@ def count_params(tree: Params) -> int:
 def synthesize(nets: Nets, g: Params, ws: jax.Array, noise_key: jax.Array | None) -> jax.Array:
   """G(W+): ws (N, num_ws, w_dim) -> (N, H, W, 1); noise_key None fixes the noise."""
   if noise_key is None:
-    return nets.synthesis.apply({"params": g["synthesis"]}, ws, "const")
-  return nets.synthesis.apply({"params": g["synthesis"]}, ws, "random",
-                              rngs={"noise": noise_key})
+    noise = fixed_noise(nets.image_size)
+  else:
+    noise = random_noise(noise_key, ws.shape[0], nets.image_size)
+  return nets.synthesis.apply({"params": g["synthesis"]}, ws, noise)
 
 
 def sample_ws(nets: Nets, g: Params, key: jax.Array, batch: int,
@@ -567,7 +589,7 @@ def create_gan_state(nets: Nets, s: GanSettings, key: jax.Array) -> dict[str, An
 
 def phase_key(state: dict[str, Any], phase: int) -> jax.Array:
   """The key of one phase (0 G, 1 G reg, 2 D, 3 D reg) of the state's step."""
-  key = jax.random.wrap_key_data(state["key"])
+  key = jax.random.wrap_key_data(state["key"], impl=PRNG_IMPL)
   return jax.random.fold_in(jax.random.fold_in(key, state["step"]), phase)
 
 
@@ -762,7 +784,8 @@ def make_encoder_step(nets: Nets, weights: InversionLoss, lr: float,
   optimizer = optax.adam(lr)
 
   def step(state, images, frozen):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=PRNG_IMPL),
+                             state["step"])
     k_batch, k_flip = jax.random.split(key)
     x = real_batch(images, k_batch, batch)
     x = jnp.where(jax.random.bernoulli(k_flip, 0.5, (batch, 1, 1, 1)), x[:, :, ::-1], x)
@@ -780,35 +803,50 @@ def make_encoder_step(nets: Nets, weights: InversionLoss, lr: float,
   return jax.jit(step), optimizer
 
 
-def make_inversion(nets: Nets, weights: InversionLoss, lr: float) -> tuple[Callable, Callable]:
-  """(start, run): start(model, targets) -> carry; run(model, carry, num_steps) -> (carry,
-  per-sample loss, pixel MSE) after num_steps Adam steps on W+ (jitted, one lax.fori_loop).
+def inversion_lr_scale(step: jax.Array, total: jax.Array) -> jax.Array:
+  """The StyleGAN2 projector's learning-rate schedule: a linear ramp-up over the first 5% of
+  the steps and a cosine ramp-down over the last 25% (so the latent settles)."""
+  t = (step.astype(jnp.float32) + 1.0) / total
+  down = 0.5 - 0.5 * jnp.cos(jnp.pi * jnp.minimum(1.0, (1.0 - t) / 0.25))
+  return down * jnp.minimum(1.0, t / 0.05)
+
+
+def make_inversion(nets: Nets, weights: InversionLoss,
+                   lr: float) -> tuple[Callable, Callable, Callable]:
+  """Jitted (start, run, render): start(model, targets) -> carry; run(model, carry, first,
+  num_steps, total) -> (carry, per-sample loss, pixel MSE) after Adam steps first ..
+  first + num_steps - 1 of `total` (one lax.fori_loop; the rate follows
+  `inversion_lr_scale`); render(model, ws) -> G(ws) in [0, 1].
   carry = (ws (N, num_ws, w_dim), Adam state, targets, target features)."""
-  optimizer = optax.adam(lr)
+  adam = optax.scale_by_adam()
 
   def start(model, targets):
     ws = encode(nets, model["encoder"], targets, model["w_avg"])
-    return ws, optimizer.init(ws), targets, d_features(nets, model["d"], targets,
-                                                       weights.feature_blocks)
+    return ws, adam.init(ws), targets, d_features(nets, model["d"], targets,
+                                                  weights.feature_blocks)
 
   def loss_fn(model, ws, targets, target_features):
     loss, parts = reconstruction_loss(nets, model, ws, targets, target_features, weights)
     return jnp.sum(loss), (loss, parts["pixel"])
 
-  def run(model, carry, num_steps):
+  def run(model, carry, first, num_steps, total):
     ws, opt, targets, target_features = carry
 
-    def body(_, state):
+    def body(step, state):
       ws, opt, _, _ = state
       (_, (loss, pixel)), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
           model, ws, targets, target_features)
-      updates, opt = optimizer.update(grads, opt, ws)
-      return optax.apply_updates(ws, updates), opt, loss, pixel
+      direction, opt = adam.update(grads, opt, ws)
+      return ws - lr * inversion_lr_scale(step, total) * direction, opt, loss, pixel
     zeros = jnp.zeros(targets.shape[0])
-    ws, opt, loss, pixel = jax.lax.fori_loop(0, num_steps, body, (ws, opt, zeros, zeros))
+    ws, opt, loss, pixel = jax.lax.fori_loop(first, first + num_steps, body,
+                                             (ws, opt, zeros, zeros))
     return (ws, opt, targets, target_features), loss, pixel
 
-  return jax.jit(start), jax.jit(run, static_argnums=2)
+  def render(model, ws):
+    return jnp.clip((synthesize(nets, model["g"], ws, None) + 1.0) / 2.0, 0.0, 1.0)
+
+  return jax.jit(start), jax.jit(run, static_argnums=3), jax.jit(render)
 
 
 def invert(config: ml_collections.ConfigDict, params: dict[str, Params], targets: np.ndarray,
@@ -826,22 +864,20 @@ def invert(config: ml_collections.ConfigDict, params: dict[str, Params], targets
   nets = build_nets(config)
   num_steps = int(sg.inversion_steps if num_steps is None else num_steps)
   chunk = max(1, int(sg.inversion_log_every))
-  start, run = make_inversion(nets, inversion_loss_weights(sg), float(sg.inversion_lr))
+  start, run, render = make_inversion(nets, inversion_loss_weights(sg), float(sg.inversion_lr))
   model = jax.device_put(params)
   carry = start(model, jnp.asarray(targets, jnp.float32) * 2.0 - 1.0)
   done, began = 0, time.perf_counter()
   while done < num_steps:
     todo = min(chunk, num_steps - done)
-    carry, loss, pixel = run(model, carry, todo)
+    carry, loss, pixel = run(model, carry, jnp.asarray(done), todo, jnp.asarray(num_steps))
     done += todo
     if log:
       elapsed = time.perf_counter() - began
       logging.info("StyleGAN inversion of %d slices: step %d/%d, loss %.4g, pixel MSE %.4g, "
                    "%.1f s, ETA %.0f s", targets.shape[0], done, num_steps, float(loss.mean()),
                    float(pixel.mean()), elapsed, elapsed / done * (num_steps - done))
-  ws = carry[0]
-  images = synthesize(nets, model["g"], ws, None)
-  return np.asarray(ws), np.asarray(jnp.clip((images + 1.0) / 2.0, 0.0, 1.0), np.float32)
+  return np.asarray(carry[0]), np.asarray(render(model, carry[0]), np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -937,12 +973,12 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarra
   nets, s = build_nets(config), GanSettings.from_config(sg)
   folder = os.path.join(workdir, FOLDER)
   manager = checkpoints.manager(os.path.join(folder, GAN_CHECKPOINTS))
-  state = create_gan_state(nets, s, jax.random.key(int(config.seed)))
+  state = create_gan_state(nets, s, prng_key(int(config.seed)))
   state = checkpoints.restore_latest(manager, to_storable(state))
   state = jax.device_put(state)
   steps = make_gan_steps(nets, s)
   data = jnp.asarray(images, jnp.float32) * 2.0 - 1.0
-  sample_z = jax.random.normal(jax.random.key(int(config.seed) + 1), (16, nets.z_dim))
+  sample_z = jax.random.normal(prng_key(int(config.seed) + 1), (16, nets.z_dim))
   writer = writers.TensorBoardWriter(folder)
   num_steps, began = int(sg.num_steps), time.perf_counter()
   wall0 = float(state["wall_s"])
@@ -996,9 +1032,9 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, images: np.nd
   batch = int(sg.encoder_batch_size)
   step_fn, optimizer = make_encoder_step(nets, encoder_loss_weights(sg), float(sg.encoder_lr),
                                          batch)
-  params = init_encoder(nets, jax.random.key(int(config.seed) + 2))
+  params = init_encoder(nets, prng_key(int(config.seed) + 2))
   state = {"step": jnp.zeros((), jnp.int32), "gan_step": jnp.asarray(gan_step, jnp.int32),
-           "key": jax.random.key_data(jax.random.key(int(config.seed) + 3)),
+           "key": jax.random.key_data(prng_key(int(config.seed) + 3)),
            "params": params, "opt": optimizer.init(params), "wall_s": jnp.zeros(())}
   state = jax.device_put(checkpoints.restore_latest(manager, to_storable(state)))
   frozen = jax.device_put({"g": gan["g_ema"], "d": gan["d"], "w_avg": gan["w_avg"]})
@@ -1044,7 +1080,7 @@ def params_template(config: ml_collections.ConfigDict) -> dict[str, Any]:
     gan = init_gan(nets, key)
     return {"g": gan["g"], "d": gan["d"], "encoder": init_encoder(nets, key),
             "w_avg": jnp.zeros((nets.w_dim,))}
-  return jax.eval_shape(make, jax.random.key(0))
+  return jax.eval_shape(make, prng_key(0))
 
 
 def export(config: ml_collections.ConfigDict, workdir: str, params: dict[str, Params],
