@@ -230,6 +230,9 @@ def report_markdown(report: dict) -> str:
              "slices; mean over clusters. Dice: tissue classes inside the brain only.\n")
   for region, sub in report.get("regions", {}).items():
     text += f"\n{REGION_TITLES.get(region, region)}:\n\n" + _markdown_table(sub)
+  warning = report.get("structure", {}).get("structure_warning")
+  if warning:
+    text += f"\nWarning: {warning}\n"
   settings = report.get("metric_settings", {})
   if settings:
     text += "\nMetric settings: " + "; ".join(f"{k.upper()}: {v}" for k, v in settings.items()) + ".\n"

@@ -19,6 +19,7 @@ the same shape. They share one signature, `method(context, source, key)`, and on
 
 import dataclasses
 import functools
+import json
 import os
 import threading
 import time
@@ -33,7 +34,8 @@ from absl import logging
 from flax import linen as nn
 from skimage import exposure
 
-from lmi_jax import checkpoints, evaluation, figures, files, lmi, sampling, segmentation
+from lmi_jax import (checkpoints, evaluation, figures, files, lmi, sampling, segmentation,
+                     structure)
 from lmi_jax.baselines import BASELINES, common as baseline_files
 from lmi_jax.data import load_dataset, nifti
 from lmi_jax.errors import InputError
@@ -287,6 +289,20 @@ def stored_segmenter(config: ml_collections.ConfigDict, workdir: str) -> segment
   return segmenter
 
 
+def source_structure(config: ml_collections.ConfigDict, source: np.ndarray, name: str) -> dict:
+  """How much tissue structure (N, H, W, 1) source slices carry (`structure.structure_score`
+  inside their brain), with the warning of `structure.check_structure` logged when it is too
+  little for a translation; the dict is recorded beside the outputs."""
+  brain = brain_region(config, source)
+  brain = structure.brain_mask(source) if brain is None else brain
+  score = structure.structure_score(source, brain)
+  warning = structure.check_structure(score, name=name)
+  if warning:
+    logging.warning(warning)
+  return {"structure_score": None if not np.isfinite(score) else round(float(score), 3),
+          "structure_threshold": structure.THRESHOLD, "structure_warning": warning}
+
+
 def translate_volume(config: ml_collections.ConfigDict, workdir: str,
                      input_path: str) -> tuple[str, str]:
   """`--mode=sample --input=`: the axial slices of a volume that hold brain, translated with
@@ -301,6 +317,7 @@ def translate_volume(config: ml_collections.ConfigDict, workdir: str,
     ascending intensity, for T1w 1 CSF, 2 GM, 3 WM).
   """
   slices, geometry = nifti.load_slices(input_path, config.data, brain_only=True)
+  structure_report = source_structure(config, slices, input_path)
   logging.info("%s: translating the %d axial slices that hold brain.", input_path, len(slices))
   ctx = make_context(config, workdir, None)
   segmenter = stored_segmenter(config, workdir)
@@ -319,6 +336,9 @@ def translate_volume(config: ml_collections.ConfigDict, workdir: str,
     foreground = volume > segmenter.background_threshold
   labels = segmentation.segment(segmenter, volume[..., None], foreground)
   nifti.write_like(labels, input_path, seg_path, np.uint8)
+  files.atomic_write(os.path.join(out_dir, f"{name}_translated.json"), json.dumps(
+      {"input": input_path, "slices": len(slices), "model_step": ctx.step, **structure_report},
+      indent=2).encode())
   logging.info("Wrote %s and %s (%d slices translated).", out_path, seg_path, len(slices))
   return out_path, seg_path
 
@@ -431,6 +451,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   split, segmenters, ctx = prepare_split(config, workdir, methods)
   outputs, _ = run_methods(ctx, methods, split["source"])
   report = score_split(config, outputs, split, segmenters)
+  report["structure"] = source_structure(config, split["source"],
+                                         f"{config.eval.split} split ({config.data.source})")
   out_dir = os.path.join(workdir, "eval")
   evaluation.write_report(report, out_dir)
   brain = brain_region(config, split["target"])

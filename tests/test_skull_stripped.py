@@ -2,6 +2,7 @@
 write: slice choice by brain area, normalisation inside the brain, scoring with and without
 the masked region, and `--mode=sample --input=` writing a translation and a segmentation."""
 
+import json
 import os
 import re
 import subprocess
@@ -171,6 +172,13 @@ def test_sample_input_writes_translation_and_segmentation_on_the_input_grid(
   holds_brain = (raw != 0).sum((0, 1)) > 0
   assert np.all((translated != 0).sum((0, 1))[holds_brain] > 0)
   assert set(np.unique(labels[raw != 0])) <= {0, 1, 2, 3} and (labels[raw != 0] > 0).mean() > 0.9
+  # What was translated and how much structure the source showed, recorded beside it.
+  with open(os.path.join(workdir, "samples", "FLAIR_translated.json")) as f:
+    record = json.load(f)
+  assert record["input"] == source and 0 < record["slices"] <= int(holds_brain.sum())
+  low = record["structure_score"] < record["structure_threshold"]
+  assert (record["structure_warning"] is not None) == low
+  assert ("tissue structure score" in done.stderr) == low
   # The K-means used is the one fitted on the training targets, stored beside the model.
   stored = segmentation.read_segmenter(os.path.join(workdir, translate.SEGMENTER_FILE))
   data = load_dataset(config, workdir)

@@ -282,14 +282,16 @@ def test_real_scan_model_ships_with_its_segmenter(tmp_path):
 def test_kmeans_and_histmatch_see_only_training_targets(tmp_path):
   """Test targets made far brighter than the training ones: nothing fitted may move."""
   config = tiny.get_config()
+  config.eval.background_threshold = 0.15
   rng = np.random.default_rng(0)
-  train_target = rng.choice([0.0, 0.3, 0.5, 0.7], size=(4, 32, 32, 1)).astype(np.float32)
+  train_target = rng.choice([0.0, 0.1, 0.3, 0.5, 0.7], size=(4, 32, 32, 1)).astype(np.float32)
   bright = np.full((2, 32, 32, 1), 0.95, np.float32)
   data = {"train": {"source": train_target, "target": train_target},
           "val": {"source": bright, "target": bright},
           "test": {"source": bright, "target": bright}}
   _, segmenters, ctx = translate.prepare_split(config, str(tmp_path), ("histmatch",), data=data)
   np.testing.assert_allclose(segmenters.tissue.centroids, (0.3, 0.5, 0.7), atol=1e-6)
+  np.testing.assert_allclose(segmenters.paper.centroids, (0.0, 0.1, 0.3, 0.5, 0.7), atol=1e-6)
   assert ctx.target_reference.max() <= 0.7 and ctx.target_reference.size == train_target.size
 
 

@@ -69,6 +69,7 @@ from absl import logging
 from flax import serialization
 
 from lmi_jax import checkpoints, files, writers
+from lmi_jax.baselines import common
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, key_checker
 
@@ -98,35 +99,39 @@ def lrelu(x: jax.Array) -> jax.Array:
   return jax.nn.leaky_relu(x, 0.2) * LRELU_GAIN
 
 
-def _upsample_axis(x: jax.Array, axis: int) -> jax.Array:
-  """Doubles one axis by linear interpolation at half-pixel centres (edge replicated)."""
-  n = x.shape[axis]
-  padded = jnp.concatenate([jax.lax.slice_in_dim(x, 0, 1, axis=axis), x,
-                            jax.lax.slice_in_dim(x, n - 1, n, axis=axis)], axis)
-  previous = jax.lax.slice_in_dim(padded, 0, n, axis=axis)
-  following = jax.lax.slice_in_dim(padded, 2, n + 2, axis=axis)
-  even, odd = 0.25 * previous + 0.75 * x, 0.75 * x + 0.25 * following
-  stacked = jnp.stack([even, odd], axis + 1)
-  return stacked.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
+def upsample_matrix(n: int) -> np.ndarray:
+  """(2n, n): linear interpolation at half-pixel centres, the edge replicated (StyleGAN's
+  [1,3,3,1] FIR up-sampling)."""
+  m = np.zeros((2 * n, n), np.float32)
+  for i in range(n):
+    m[2 * i, max(i - 1, 0)] += 0.25
+    m[2 * i, i] += 0.75
+    m[2 * i + 1, i] += 0.75
+    m[2 * i + 1, min(i + 1, n - 1)] += 0.25
+  return m
 
 
-def _downsample_axis(x: jax.Array, axis: int) -> jax.Array:
-  """Halves one axis with the [1, 3, 3, 1] / 8 filter (edge replicated)."""
-  n = x.shape[axis]
-  padded = jnp.concatenate([jax.lax.slice_in_dim(x, 0, 1, axis=axis), x,
-                            jax.lax.slice_in_dim(x, n - 1, n, axis=axis)], axis)
-  tap = lambda start: jax.lax.slice_in_dim(padded, start, start + n - 1, stride=2, axis=axis)
-  return (tap(0) + 3.0 * tap(1) + 3.0 * tap(2) + tap(3)) / 8.0
+def downsample_matrix(n: int) -> np.ndarray:
+  """(n/2, n): the [1, 3, 3, 1] / 8 filter at every second pixel, the edge replicated."""
+  m = np.zeros((n // 2, n), np.float32)
+  for o in range(n // 2):
+    for tap, weight in zip(range(2 * o - 1, 2 * o + 3), (1.0, 3.0, 3.0, 1.0)):
+      m[o, min(max(tap, 0), n - 1)] += weight / 8.0
+  return m
 
 
+# Resampling as two small matrix products: as fast as slicing and shifting on a CPU, and
+# ten times faster to compile (measured, forward and backward).
 def upsample2(x: jax.Array) -> jax.Array:
   """(N, H, W, C) -> (N, 2H, 2W, C), bilinear: StyleGAN's [1,3,3,1] FIR up-sampling."""
-  return _upsample_axis(_upsample_axis(x, 1), 2)
+  return jnp.einsum("ph,nhwc,qw->npqc", upsample_matrix(x.shape[1]), x,
+                    upsample_matrix(x.shape[2]))
 
 
 def downsample2(x: jax.Array) -> jax.Array:
   """(N, H, W, C) -> (N, H/2, W/2, C), StyleGAN's [1,3,3,1] FIR down-sampling."""
-  return _downsample_axis(_downsample_axis(x, 1), 2)
+  return jnp.einsum("ph,nhwc,qw->npqc", downsample_matrix(x.shape[1]), x,
+                    downsample_matrix(x.shape[2]))
 
 
 def conv2d(x: jax.Array, weight: jax.Array) -> jax.Array:
@@ -341,18 +346,24 @@ def minibatch_stddev(x: jax.Array, group_size: int) -> jax.Array:
 
 
 class Discriminator(nn.Module):
-  """(N, H, W, 1) images -> (logits (N,), feature maps of the trunk)."""
+  """(N, H, W, 1) images -> (logits (N,), feature maps of the trunk).
+
+  parts > 1: the batch is that many equal batches (fakes and reals) judged in one pass;
+  the minibatch std groups samples within each part only, as separate calls would.
+  """
   image_size: int
   channel_base: int
   channel_max: int
   mbstd_group: int
 
   @nn.compact
-  def __call__(self, image: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+  def __call__(self, image: jax.Array, parts: int = 1) -> tuple[jax.Array, list[jax.Array]]:
     features = ResNetTrunk(self.image_size, self.channel_base, self.channel_max,
                            name="trunk")(image)
     c4 = channels(4, self.channel_base, self.channel_max)
-    x = minibatch_stddev(features[-1], self.mbstd_group)
+    last = features[-1]
+    x = jax.vmap(lambda part: minibatch_stddev(part, self.mbstd_group))(
+        last.reshape((parts, -1) + last.shape[1:])).reshape(last.shape[:3] + (-1,))
     x = Conv(c4, name="epilogue_conv")(x)
     x = Dense(c4, activate=True, name="epilogue_fc")(x.reshape(x.shape[0], -1))
     return Dense(1, name="out")(x)[:, 0], features
@@ -453,9 +464,10 @@ def sample_ws(nets: Nets, g: Params, key: jax.Array, batch: int,
                    w2[:, None])
 
 
-def discriminate(nets: Nets, d: Params, images: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-  """D(images): (N, H, W, 1) -> (logits (N,), feature maps)."""
-  return nets.discriminator.apply({"params": d}, images)
+def discriminate(nets: Nets, d: Params, images: jax.Array,
+                 parts: int = 1) -> tuple[jax.Array, list[jax.Array]]:
+  """D(images): (N, H, W, 1) -> (logits (N,), feature maps); see Discriminator's parts."""
+  return nets.discriminator.apply({"params": d}, images, parts)
 
 
 def d_features(nets: Nets, d: Params, images: jax.Array, depth: int) -> list[jax.Array]:
@@ -600,10 +612,10 @@ def real_batch(images: jax.Array, key: jax.Array, batch: int) -> jax.Array:
 
 def d_main_loss(nets: Nets, d: Params, fakes: jax.Array, reals: jax.Array, p: jax.Array,
                 key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """softplus(D(aug fake)) + softplus(-D(aug real)), and D's outputs for logs and ADA."""
-  k_fake, k_real = jax.random.split(key)
-  logits_fake, _ = discriminate(nets, d, augment(fakes, p, k_fake))
-  logits_real, _ = discriminate(nets, d, augment(reals, p, k_real))
+  """softplus(D(aug fake)) + softplus(-D(aug real)), and D's outputs for logs and ADA.
+  Fakes and reals (equal batches) go through D in one pass of two parts."""
+  logits = discriminate(nets, d, augment(jnp.concatenate([fakes, reals]), p, key), parts=2)[0]
+  logits_fake, logits_real = jnp.split(logits, 2)
   loss = jnp.mean(jax.nn.softplus(logits_fake)) + jnp.mean(jax.nn.softplus(-logits_real))
   return loss, {"d_real": jnp.mean(logits_real), "d_fake": jnp.mean(logits_fake),
                 "real_sign": jnp.mean(jnp.sign(logits_real))}
@@ -1126,23 +1138,9 @@ def load(config: ml_collections.ConfigDict, path: str) -> dict[str, Params]:
   Raises InputError naming the path when it is missing, unreadable, or does not fit the
   networks of config.stylegan at config.data.image_size.
   """
-  if not os.path.isfile(path):
-    raise InputError(f"{path}: no StyleGAN parameters there; train them (--mode=train with "
-                     "training.method=stylegan) or point to an exported stylegan.msgpack.")
-  try:
-    with open(path, "rb") as f:
-      params = serialization.msgpack_restore(f.read())
-  except Exception as error:  # msgpack raises several unrelated types on damaged data.
-    raise InputError(f"{path}: not a readable msgpack file ({type(error).__name__}); export "
-                     "it again.") from error
-  expected = params_template(config)
-  if (not isinstance(params, dict) or
-      jax.tree.structure(params) != jax.tree.structure(expected) or
-      jax.tree.map(np.shape, params) != jax.tree.map(lambda s: s.shape, expected)):
-    raise InputError(f"{path}: does not fit the StyleGAN of this config (stylegan.* or "
-                     "data.image_size differ from training); use the config it was trained "
-                     "with (see the stylegan.json beside it).")
-  return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+  return common.load_params(path, params_template(config), hint=(
+      "stylegan.* or data.image_size differ from training; use the config it was trained "
+      "with (see the stylegan.json beside it)"))
 
 
 def translate(config: ml_collections.ConfigDict, params: dict[str, Params], source: np.ndarray,

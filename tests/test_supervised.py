@@ -1,0 +1,181 @@
+"""The supervised ceiling and the loop every baseline shares: the regression losses, a step
+lowers the loss, export / load checks, translate, and exact resume (of the generic loop on a
+toy state, and of `supervised.train`).
+
+The network is the tiny config's NCSN++ cut to its fewest parts (it compiles fastest), so
+the tests that train share one compiled step.
+"""
+
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from lmi_jax.baselines import common, supervised
+from lmi_jax.data import load_dataset
+from lmi_jax.errors import InputError
+
+SMALL_MODEL = {"nf": 8, "ch_mult": (1,), "attn_resolutions": (), "resblock_type": "ddpm",
+               "fir": False, "progressive": "none", "progressive_input": "none"}
+
+
+def tiny_config(model=SMALL_MODEL, **overrides):
+  """The tiny config (32 x 32 phantom) with `model` keys and `overrides` of the supervised
+  section."""
+  config = tiny.get_config()
+  for key, value in model.items():
+    config.model[key] = value
+  config.supervised.batch_size = 2
+  for key, value in overrides.items():
+    config.supervised[key] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  return load_dataset(tiny_config(), str(tmp_path_factory.mktemp("data")))
+
+
+def test_regression_losses_match_numpy():
+  rng = np.random.default_rng(0)
+  prediction, target = rng.random((2, 3, 4, 4, 1), np.float32)
+  np.testing.assert_allclose(supervised.regression_loss(prediction, target, "l1"),
+                             np.abs(prediction - target).mean(), rtol=1e-6)
+  np.testing.assert_allclose(supervised.regression_loss(prediction, target, "l2"),
+                             ((prediction - target) ** 2).mean(), rtol=1e-6)
+
+
+def test_unknown_loss_names_the_key():
+  with pytest.raises(InputError, match="supervised.loss"):
+    supervised.settings_from_config(tiny_config(loss="huber"))
+
+
+def test_paired_batches_keep_pairs_together():
+  source = np.random.default_rng(1).random((6, 4, 4, 1), np.float32)
+  batches = supervised.paired_batches(source, 2.0 * source, seed=0, start_step=0,
+                                      batch_size=5, hflip=True)
+  for _ in range(3):
+    batch = next(batches)
+    np.testing.assert_array_equal(batch["target"], 2.0 * batch["source"])
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch(data):
+  settings = supervised.settings_from_config(tiny_config())
+  state = supervised.create_state(0, settings, 32)
+  batch = {"source": data["train"]["source"][:2], "target": data["train"]["target"][:2]}
+
+  def loss(params):
+    prediction = supervised.predict(settings.model, params, jnp.asarray(batch["source"]))
+    return float(supervised.regression_loss(prediction, batch["target"], "l1"))
+
+  start = loss(state.params)
+  for _ in range(30):
+    state, metrics = supervised.train_step(state, batch, settings=settings)
+  assert int(state.step) == 30 and np.isfinite(float(metrics["grad_norm"]))
+  assert loss(state.params) < 0.5 * start
+
+
+def test_export_load_round_trip_and_translate(tmp_path):
+  config = tiny_config()
+  settings = supervised.settings_from_config(config)
+  params = supervised.init_params(common.fast_key(3), settings, 32)
+  path = common.export(str(tmp_path), "supervised", params, {"steps": 0})
+  loaded = supervised.load(config, path)
+  jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(params))
+  config.sampling.batch_size = 2
+  source = np.random.default_rng(0).random((3, 32, 32, 1), np.float32)
+  translated = supervised.translate(config, loaded, source, jax.random.key(0))
+  expected = np.clip(supervised.predict(settings.model, loaded, jnp.asarray(source)), 0, 1)
+  assert translated.shape == (3, 32, 32, 1) and translated.dtype == np.float32
+  np.testing.assert_allclose(translated, expected, atol=1e-5)
+
+
+def test_load_rejects_missing_corrupt_and_other_sizes(tmp_path):
+  config = tiny_config()
+  with pytest.raises(InputError, match="nothing.msgpack"):
+    supervised.load(config, str(tmp_path / "nothing.msgpack"))
+
+  wide = supervised.settings_from_config(tiny_config(model={**SMALL_MODEL, "nf": 16}))
+  shapes = jax.eval_shape(supervised.init_params, common.fast_key(0), wide, 32)
+  path = common.export(str(tmp_path), "wide",
+                       jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), {})
+  with pytest.raises(InputError, match="wide.msgpack.*does not fit"):
+    supervised.load(config, path)
+
+  with open(path, "rb") as f:
+    content = f.read()
+  for name, damaged in (("truncated", content[:len(content) // 3]), ("text", b"hello")):
+    corrupt = tmp_path / f"{name}.msgpack"
+    corrupt.write_bytes(damaged)
+    with pytest.raises(InputError, match=f"{name}.msgpack"):
+      supervised.load(config, str(corrupt))
+
+
+@flax.struct.dataclass
+class Counter:
+  """A toy loop state: steps taken and the batches seen, summed with weights."""
+  step: jax.Array
+  total: jax.Array
+
+
+def toy_step(state, batch):
+  total = state.total * 2.0 + batch  # Order-sensitive: a skipped or repeated batch shows.
+  return state.replace(step=state.step + 1, total=total), {"batch": batch}
+
+
+def toy_batches(start_step):
+  step = start_step + 1
+  while True:
+    yield np.float64(step)
+    step += 1
+
+
+def test_loop_stops_on_time_and_resumes_exactly(tmp_path):
+  schedule = common.LoopSchedule(num_steps=4, log_every=1, checkpoint_every=100,
+                                 preview_every=0, time_limit_min=0.0)
+  fresh = Counter(step=np.zeros((), np.int32), total=np.zeros((), np.float64))
+  whole = common.train_loop(toy_step, toy_batches, fresh, str(tmp_path / "whole"), schedule)
+  assert whole.finished and int(whole.state.step) == 4
+  assert float(whole.state.total) == ((1 * 2 + 2) * 2 + 3) * 2 + 4
+
+  stopped = common.LoopSchedule(num_steps=4, log_every=1, checkpoint_every=100,
+                                preview_every=0, time_limit_min=1e-9)
+  previews = []
+  walls = []
+  for step in (1, 2, 3, 4):
+    result = common.train_loop(
+        toy_step, toy_batches, fresh, str(tmp_path / "parts"), stopped,
+        preview=lambda s: previews.append(int(s.step)) or {"x": np.zeros((1, 2, 2, 1))})
+    assert int(result.state.step) == step and result.finished == (step == 4)
+    walls.append(result.wall_s)
+  assert float(result.state.total) == float(whole.state.total)
+  assert previews == [1, 2, 3, 4] and walls == sorted(walls) and walls[0] > 0
+  assert os.path.isfile(tmp_path / "parts" / common.PREVIEW_FILE)
+  again = common.train_loop(toy_step, toy_batches, fresh, str(tmp_path / "parts"), stopped)
+  assert int(again.state.step) == 4 and again.wall_s == walls[-1]
+
+
+def test_train_resumes_where_it_stopped(tmp_path):
+  """Three calls stopped by the time limit after one step each end with the parameters of
+  one uninterrupted three-step call; the export records the steps."""
+  config = tiny_config(num_steps=3, log_every=1, checkpoint_every=10, preview_every=0)
+  whole = str(tmp_path / "whole")
+  supervised.train(config, whole)
+
+  config.supervised.time_limit_min = 1e-9
+  parts = str(tmp_path / "parts")
+  for step in (1, 2, 3):
+    supervised.train(config, parts)
+    with open(os.path.join(parts, "baselines", "supervised.json")) as f:
+      info = json.load(f)
+    assert info["steps"] == step and info["finished"] == (step == 3)
+  assert info["model"]["nf"] == SMALL_MODEL["nf"] and info["num_params"] > 0
+  assert os.path.isfile(os.path.join(parts, "supervised", "preview.png"))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               supervised.load(config, os.path.join(parts, "baselines", "supervised.msgpack")),
+               supervised.load(config, os.path.join(whole, "baselines", "supervised.msgpack")))
