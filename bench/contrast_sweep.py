@@ -25,9 +25,9 @@ the slices. `structure` is `lmi_jax.structure.structure_score` (label-free) per 
 averaged.
 
 Candidates at inference change the lmi method only: --lmi-override edits config.lmi
-(key=value), --lmi-input maps the source before it becomes the LMI reference (a monotone
-map changes only how its intensities fall into the Parzen bins, i.e. the bins and kernel
-width relative to the source's spread). Every run uses the same slices and sampling noise,
+(key=value), --lmi-input maps the source before it becomes the LMI reference (LMI_INPUTS:
+stretching the brain's own intensity range over the bins is setting the bins and kernel
+width from the source's spread; flat_* first divide out the bias field). Every run uses the same slices and sampling noise,
 so --baseline (an earlier results.json) gives paired differences with standard errors.
 --features-only measures the conditioning instead of translating: the cross-LMI map of
 (reference, x) against the map of (true target, x) for x = target + sigma noise, and the
@@ -86,10 +86,6 @@ class Variant:
     if self.noise != 1.0:
       return f"noise={self.noise:g}"
     return f"c={self.contrast:g}"
-
-  @property
-  def kind(self) -> str:
-    return self.name.split("=")[0]
 
 
 def parse_variants(levels: str, noise: str, orders: list[str]) -> list[Variant]:
@@ -235,7 +231,9 @@ def tissue_cnr(source: np.ndarray, clean: np.ndarray, gaps: np.ndarray,
 
 
 # --------------------------------------------------------------------------------------
-# Candidate maps of the LMI reference (monotone: they change binning, not information)
+# Candidate maps of the LMI reference. A monotone map changes only which Parzen bins the
+# intensities fall in; `flatten` divides by a smooth local mean, which keeps the intensity
+# order within each small LMI patch.
 
 
 def _brain_and_background(image: np.ndarray) -> tuple[np.ndarray, float]:

@@ -199,8 +199,8 @@ def get_config() -> ml_collections.ConfigDict:
   stylegan.ada_interval = 4  # Steps between updates of ADA's p.
   stylegan.ada_kimg = 100.0  # Thousands of images over which p can move from 0 to 1 (ADA: 500; runs here are short).
   stylegan.log_every = 50  # Steps between log lines and TensorBoard scalars (GAN and encoder).
-  stylegan.checkpoint_every = 500  # Steps between checkpoints in workdir/stylegan (one more at the end).
-  stylegan.sample_every = 500  # GAN steps between sample grids in workdir/stylegan/samples (0: none).
+  stylegan.checkpoint_every = 500  # Steps between checkpoints in workdir/stylegan[/encoder]/checkpoints (one more at the end).
+  stylegan.preview_every = 500  # Steps between previews (GAN samples; encoder reconstructions) in workdir/stylegan[/encoder]/preview.png and TensorBoard (0: at the end only).
   stylegan.time_limit_min = 0.0  # >0: the GAN stops with a checkpoint after this many minutes of a call; a rerun resumes.
   stylegan.encoder_steps = 3000  # Steps of the in-domain encoder, trained after the GAN.
   stylegan.encoder_batch_size = 8  # Target slices per encoder step.
@@ -210,7 +210,7 @@ def get_config() -> ml_collections.ConfigDict:
   stylegan.encoder_time_limit_min = 0.0  # >0: the encoder stops with a checkpoint after this many minutes of a call.
   stylegan.feature_blocks = 2  # D blocks whose features (with fromRGB's) form the feature-matching loss.
   stylegan.inversion_steps = 5000  # Adam steps of the W+ inversion of each source slice (the paper: 5000).
-  stylegan.inversion_lr = 0.01  # Adam learning rate of the inversion (Zhu et al.: 0.01).
+  stylegan.inversion_lr = 0.01  # Peak Adam learning rate of the inversion (Zhu et al.: 0.01); 5% ramp-up, cosine ramp-down over the last 25%.
   stylegan.inversion_feature_weight = 1.0  # Weight of the D-feature distance in the inversion loss.
   stylegan.inversion_domain_weight = 0.0  # Weight of Zhu et al.'s domain regulariser ||w - E(G(w))||^2; 0: off.
   stylegan.inversion_log_every = 250  # Inversion steps per jitted chunk and progress line.

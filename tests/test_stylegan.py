@@ -4,7 +4,6 @@ the direction of the G and D steps, inversion of a generated latent, and load's 
 Every network is the tiny config's 32 x 32 with a few channels.
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lmi_jax.baselines import stylegan
+from lmi_jax.baselines import common, stylegan
 from lmi_jax.errors import InputError
 
 
@@ -86,52 +85,68 @@ def test_ada_p_rises_when_d_overfits_and_falls_otherwise():
   # says "real" to everything p has risen, and it falls for a D that says "fake".
   config = tiny_config(ada_interval=2, pl_weight=0.0, r1_gamma=0.0)
   settings = stylegan.GanSettings.from_config(config.stylegan)
-  state = {"step": jnp.asarray(0), "ada_p": jnp.asarray(0.5), "ada_sum": jnp.asarray(0.0),
-           "ada_count": jnp.asarray(0.0)}
+  zero = jnp.zeros((), jnp.float32)
+  state = stylegan.GanState(step=jnp.asarray(0), key=None, g=None, d=None, g_ema=None,
+                            g_opt=None, d_opt=None, w_avg=None, pl_mean=zero,
+                            ada_p=jnp.asarray(0.5), ada_sum=zero, ada_count=zero, ada_rt=zero,
+                            pl_penalty=zero, r1_penalty=zero)
   for sign in (1.0, -1.0):
     fake_steps = {"g": lambda s, i: (s, {}),
-                  "d": lambda s, i, sign=sign: ({**s, "ada_sum": s["ada_sum"] + sign,
-                                                 "ada_count": s["ada_count"] + 1}, {})}
-    start = float(state["ada_p"])
+                  "d": lambda s, i, sign=sign: (s.replace(ada_sum=s.ada_sum + sign,
+                                                          ada_count=s.ada_count + 1), {})}
+    start = float(state.ada_p)
     for _ in range(2):
       state, metrics = stylegan.gan_iteration(fake_steps, state, None, settings,
                                               config.stylegan)
-    assert np.sign(float(state["ada_p"]) - start) == sign
+    assert np.sign(float(state.ada_p) - start) == sign
     assert float(metrics["ada_rt"]) == sign
 
 
 def test_augment_is_identity_at_p0_and_differentiable():
-  images = jax.random.uniform(stylegan.prng_key(1), (6, 8, 8, 1))
+  images = jax.random.uniform(common.fast_key(1), (6, 8, 8, 1))
   augment = jax.jit(jax.value_and_grad(lambda x, p, k: jnp.sum(stylegan.augment(x, p, k) ** 2)))
-  value, grads = augment(images, jnp.asarray(0.0), stylegan.prng_key(2))
+  value, grads = augment(images, jnp.asarray(0.0), common.fast_key(2))
   assert float(value) == pytest.approx(float(jnp.sum(images ** 2)), rel=1e-5)
   np.testing.assert_allclose(grads, 2 * images, rtol=1e-5)
-  value, grads = augment(images, jnp.asarray(1.0), stylegan.prng_key(3))
+  value, grads = augment(images, jnp.asarray(1.0), common.fast_key(3))
   assert np.isfinite(float(value)) and abs(float(value) - float(jnp.sum(images ** 2))) > 1e-3
   assert np.abs(np.asarray(grads)).sum() > 0
 
 
-def test_d_and_g_steps_lower_their_objectives():
+@pytest.fixture(scope="module")
+def gan_setup():
+  """(jitted phases, initial state, 4 training images in [-1, 1]) of the tiny GAN."""
   config = tiny_config(d_lr=0.002, g_lr=0.002)
   settings = stylegan.GanSettings.from_config(config.stylegan)
   nets = stylegan.build_nets(config)
-  steps = stylegan.make_gan_steps(nets, settings)
-  state = jax.jit(lambda k: stylegan.create_gan_state(nets, settings, k))(stylegan.prng_key(0))
-  images = jax.random.uniform(stylegan.prng_key(1), (4, 32, 32, 1)) * 2 - 1
-  # The steps draw their batch from the state's step, which only gan_iteration advances,
-  # so repeated calls see one batch; each reports its loss before its update.
-  d_losses = []
-  d_state = state
-  for _ in range(6):
-    d_state, metrics = steps["d"](d_state, images)
-    d_losses.append(float(metrics["loss_d"]))
-  assert d_losses[-1] < d_losses[0] - 0.05, d_losses
-  g_losses = []
-  g_state = {**state, "d": d_state["d"]}
-  for _ in range(6):
-    g_state, metrics = steps["g"](g_state, images)
-    g_losses.append(float(metrics["loss_g"]))
-  assert g_losses[-1] < g_losses[0] - 0.05, g_losses
+  state = jax.jit(stylegan.create_gan_state, static_argnums=(0, 1))(
+      nets, settings, common.fast_key(0))
+  images = jax.random.uniform(common.fast_key(1), (4, 32, 32, 1)) * 2 - 1
+  return stylegan.make_gan_steps(nets, settings), state, images
+
+
+def repeated_losses(step, state, images, name, count=6):
+  """The loss `name` reported by `count` calls of `step` from `state`. The phases draw their
+  batch from the state's step, which only gan_iteration advances, so every call sees the same
+  batch; each reports its loss before its update."""
+  losses = []
+  for _ in range(count):
+    state, metrics = step(state, images)
+    losses.append(float(metrics[name]))
+  return losses
+
+
+def test_d_step_lowers_the_discriminator_loss(gan_setup):
+  steps, state, images = gan_setup
+  losses = repeated_losses(steps["d"], state, images, "loss_d")
+  assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_g_step_lowers_the_generator_loss(gan_setup):
+  steps, state, images = gan_setup
+  # Against the untrained discriminator: a steady fall (measured 0.725 -> 0.690).
+  losses = repeated_losses(steps["g"], state, images, "loss_g")
+  assert np.all(np.diff(losses) < 0) and losses[-1] < losses[0] - 0.02, losses
 
 
 def test_inversion_recovers_a_generated_latent():
@@ -142,11 +157,11 @@ def test_inversion_recovers_a_generated_latent():
   nets = stylegan.build_nets(config)
   make = jax.jit(lambda k: {**stylegan.init_gan(nets, k),
                             "encoder": stylegan.init_encoder(nets, k)})
-  initial = make(stylegan.prng_key(0))
+  initial = make(common.fast_key(0))
   # The encoder's head starts at zero, so the inversion starts at w_avg for every image.
   params = {"g": initial["g"], "d": initial["d"], "encoder": initial["encoder"],
             "w_avg": jnp.zeros((nets.w_dim,))}
-  ws_true = 0.2 * jax.random.normal(stylegan.prng_key(3), (3, nets.num_ws, nets.w_dim))
+  ws_true = 0.2 * jax.random.normal(common.fast_key(3), (3, nets.num_ws, nets.w_dim))
   render = jax.jit(lambda ws: stylegan.synthesize(nets, params["g"], ws, None))
   targets = (render(ws_true) + 1) / 2
   error = lambda ws: float(jnp.mean(jnp.square(render(ws) - (targets * 2 - 1))))
@@ -161,9 +176,8 @@ def test_load_round_trip_and_rejects_missing_corrupt_and_misfit(tmp_path):
   config = tiny_config()
   nets = stylegan.build_nets(config)
   params = jax.jit(lambda k: {**stylegan.init_gan(nets, k), "w_avg": jnp.ones((nets.w_dim,)),
-                               "encoder": stylegan.init_encoder(nets, k)})(stylegan.prng_key(0))
-  path = stylegan.export(config, str(tmp_path), params, {"gan_steps": 0})
-  assert os.path.isfile(os.path.join(tmp_path, "baselines", "stylegan.json"))
+                               "encoder": stylegan.init_encoder(nets, k)})(common.fast_key(0))
+  path = common.export(str(tmp_path), "stylegan", params, {"gan_steps": 0})
   loaded = stylegan.load(config, path)
   jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(params))
 

@@ -5,7 +5,9 @@ that inverts each source slice into the generator's W+ space.
 Reads top to bottom: equalised-learning-rate layers and the modulated convolution; the
 mapping, synthesis, discriminator and encoder networks; adaptive discriminator augmentation
 (ADA); the four lazy-regularised training phases (G main, G path length, D main, D R1); the
-encoder's training; the inversion; `train`, `load` and `translate`.
+encoder's training; the inversion; `train`, `load` and `translate`. The resumable,
+time-limited loop (checkpoints in WORKDIR/stylegan[/encoder]/checkpoints, TensorBoard,
+preview.png), fast PRNG keys and the msgpack export / load are `lmi_jax.baselines.common`'s.
 
 Networks (Karras et al. 2020, StyleGAN2-ADA). Mapping: z (z_dim) normalised, `mapping_layers`
 fully connected layers with learning-rate multiplier `mapping_lr_mul` (0.01) -> w (w_dim).
@@ -35,21 +37,26 @@ D frozen, to minimise ||x - G(E(x))||^2 + feature_weight * F(x, G(E(x))) +
 adv_weight * softplus(-D(G(E(x)))); F is the distance of the discriminator's first
 `feature_blocks` + 1 feature maps, each unit-normalised over channels (the stand-in for a
 pretrained perceptual network, which cannot be downloaded here). A translation starts from
-w = E(source) and runs `inversion_steps` Adam steps on W+ for all slices at once, minimising
-the same pixel + feature loss to the source slice plus domain_weight * ||w - E(G(w))||^2
-(the domain-regularised objective), with the generator's noise fixed, and returns G(w).
+w = E(source) and runs `inversion_steps` Adam steps on W+ for all slices at once (the
+StyleGAN2 projector's rate schedule: 5% ramp-up, cosine ramp-down over the last 25%),
+minimising the same pixel + feature loss to the source slice plus
+domain_weight * ||w - E(G(w))||^2 (Zhu et al.'s domain-regularised objective, off by
+default), with the generator's noise fixed, and returns G(w).
 
-CPU sizes (configs/default.py, 64 x 64 phantom, 2 shared cores): z = w = 64, two mapping
-layers, channel_base 1024 and channel_max 64 (64 channels at 4-16 px, 32 at 32 px, 16 at
-64 px), batch 16: generator 0.23M, discriminator 0.27M, encoder 0.30M parameters. Measured
-on this 2-core CPU shared with other jobs: 1.0 s per training iteration (G + D steps,
-lazy R1 and path length included; path length costs +12%, so it is kept), 0.47 s per
-encoder step, and 8.2 s per 100 inversion steps for 30 slices (batched). See `train` for
-the run.
+CPU sizes (configs/default.py; 64 x 64 phantom): z = w = 64, two mapping layers,
+channel_base 1024 and channel_max 64 (64 channels at 4-16 px, 32 at 32 px, 16 at 64 px),
+batch 8: generator 0.27M, discriminator 0.30M, encoder 0.66M parameters (4.9 MB exported).
+Measured on the 2-core CPU while three other jobs shared it (load 7-11): 1.2-1.6 s per
+training iteration (G, D, lazy R1 and path length; the path-length step takes 0.31 s every
+4 iterations, about 5%, so it is kept), 1189 iterations (9.5 kimg) in 35 minutes; 0.4-0.9 s
+per encoder step; the inversion costs 0.08 CPU-seconds per slice and step (30 slices: 2.3
+CPU-s per step, about 40 minutes per 1000 steps), so the paper's 5000 steps for the 75 test
+slices take about 8 CPU-hours here.
 """
 
 import dataclasses
-import json
+import functools
+import itertools
 import math
 import os
 import shutil
@@ -57,26 +64,24 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib.image
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from flax import serialization
 
-from lmi_jax import checkpoints, files, writers
+from lmi_jax import checkpoints
 from lmi_jax.baselines import common
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, key_checker
 
 Params = Any
-FOLDER = "stylegan"  # WORKDIR/stylegan: TensorBoard events, samples, checkpoints.
-GAN_CHECKPOINTS = "checkpoints"
-ENCODER_CHECKPOINTS = "encoder_checkpoints"
+FOLDER = "stylegan"  # WORKDIR/stylegan: the GAN's checkpoints, TensorBoard events, preview.
+ENCODER_FOLDER = "encoder"  # WORKDIR/stylegan/encoder: the same for the encoder.
 EXPORT_NAME = "stylegan"  # WORKDIR/baselines/stylegan.msgpack and .json.
 LRELU_GAIN = math.sqrt(2.0)
 # ADA's augmentation strengths (Karras et al. 2020, augment.py defaults).
@@ -85,9 +90,6 @@ BRIGHTNESS_STD = 0.2
 CONTRAST_LOG2_STD = 0.5
 PL_DECAY = 0.01  # EMA rate of the path-length target.
 W_AVG_BETA = 0.995  # EMA rate of the tracked mean w (the inversion's and encoder's origin).
-# XLA's RngBitGenerator: each threefry draw is a graph that takes ~1 s to compile on a
-# CPU, and the networks' initialisation and every step make many draws.
-PRNG_IMPL = "rbg"
 
 
 # --------------------------------------------------------------------------------------
@@ -171,8 +173,9 @@ class Dense(nn.Module):
     fan_in = x.shape[-1]
     kernel = self.param("kernel", lambda k, s: jax.random.normal(k, s) / self.lr_mul,
                         (fan_in, self.features))
-    bias = self.param("bias", lambda k, s: jnp.full(s, self.bias_init / self.lr_mul),
-                      (self.features,))
+    # A float32 (not weakly typed) bias, so jitted steps see the same types every call.
+    bias = self.param("bias", lambda k, s: jnp.full(s, self.bias_init / self.lr_mul,
+                                                    jnp.float32), (self.features,))
     y = x @ (kernel * (self.lr_mul / math.sqrt(fan_in))) + bias * self.lr_mul
     return lrelu(y) if self.activate else y
 
@@ -412,11 +415,6 @@ def build_nets(config: ml_collections.ConfigDict) -> Nets:
       z_dim=int(sg.z_dim), w_dim=int(sg.w_dim), num_ws=num_ws(size), image_size=size)
 
 
-def prng_key(seed: int) -> jax.Array:
-  """A PRNG key of this module's implementation (PRNG_IMPL)."""
-  return jax.random.key(seed, impl=PRNG_IMPL)
-
-
 def init_gan(nets: Nets, key: jax.Array) -> dict[str, Params]:
   """{"g": {"mapping", "synthesis"}, "d": discriminator} parameters."""
   k_map, k_syn, k_d = jax.random.split(key, 3)
@@ -565,6 +563,7 @@ class GanSettings:
 
   @classmethod
   def from_config(cls, sg: ml_collections.ConfigDict) -> "GanSettings":
+    """The settings of config.stylegan."""
     return cls(batch_size=int(sg.batch_size), g_lr=float(sg.g_lr), d_lr=float(sg.d_lr),
                r1_gamma=float(sg.r1_gamma), r1_interval=int(sg.r1_interval),
                pl_weight=float(sg.pl_weight), pl_interval=int(sg.pl_interval),
@@ -585,24 +584,45 @@ def gan_optimizers(s: GanSettings) -> tuple[optax.GradientTransformation,
           lazy_adam(s.d_lr, s.r1_interval, s.r1_gamma > 0))
 
 
-def create_gan_state(nets: Nets, s: GanSettings, key: jax.Array) -> dict[str, Any]:
-  """The whole training state: step, key, G, D, G's EMA, optimizer states, w_avg, the
-  path-length target, ADA's p and its sign accumulator, and the training wall time (s)."""
+@flax.struct.dataclass
+class GanState:
+  """The GAN's training state. key: the raw data of a `common.fast_key`; pl_mean: the
+  path-length target; ada_sum / ada_count: D's mean sign on reals since ADA's last update;
+  ada_rt, pl_penalty, r1_penalty: their latest values, for the logs."""
+  step: jax.Array
+  key: jax.Array
+  g: Params
+  d: Params
+  g_ema: Params
+  g_opt: Any
+  d_opt: Any
+  w_avg: jax.Array
+  pl_mean: jax.Array
+  ada_p: jax.Array
+  ada_sum: jax.Array
+  ada_count: jax.Array
+  ada_rt: jax.Array
+  pl_penalty: jax.Array
+  r1_penalty: jax.Array
+
+
+def create_gan_state(nets: Nets, s: GanSettings, key: jax.Array) -> GanState:
+  """The state at step 0 (G's EMA starts as G; w_avg, p and the statistics at zero)."""
   k_init, k_run = jax.random.split(key)
   params = init_gan(nets, k_init)
   g_opt, d_opt = gan_optimizers(s)
-  return {"step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(k_run),
-          "g": params["g"], "d": params["d"], "g_ema": params["g"],
-          "g_opt": g_opt.init(params["g"]), "d_opt": d_opt.init(params["d"]),
-          "w_avg": jnp.zeros((nets.w_dim,)), "pl_mean": jnp.zeros(()),
-          "ada_p": jnp.zeros(()), "ada_sum": jnp.zeros(()), "ada_count": jnp.zeros(()),
-          "wall_s": jnp.zeros(())}
+  zero = jnp.zeros((), jnp.float32)
+  return GanState(step=jnp.zeros((), jnp.int32), key=jax.random.key_data(k_run),
+                  g=params["g"], d=params["d"], g_ema=params["g"],
+                  g_opt=g_opt.init(params["g"]), d_opt=d_opt.init(params["d"]),
+                  w_avg=jnp.zeros((nets.w_dim,), jnp.float32), pl_mean=zero, ada_p=zero,
+                  ada_sum=zero, ada_count=zero, ada_rt=zero, pl_penalty=zero, r1_penalty=zero)
 
 
-def phase_key(state: dict[str, Any], phase: int) -> jax.Array:
+def phase_key(state: GanState, phase: int) -> jax.Array:
   """The key of one phase (0 G, 1 G reg, 2 D, 3 D reg) of the state's step."""
-  key = jax.random.wrap_key_data(state["key"], impl=PRNG_IMPL)
-  return jax.random.fold_in(jax.random.fold_in(key, state["step"]), phase)
+  key = common.wrap_fast_key(state.key)
+  return jax.random.fold_in(jax.random.fold_in(key, state.step), phase)
 
 
 def real_batch(images: jax.Array, key: jax.Array, batch: int) -> jax.Array:
@@ -661,87 +681,84 @@ def ema_beta(step: jax.Array, s: GanSettings) -> jax.Array:
 def make_gan_steps(nets: Nets, s: GanSettings) -> dict[str, Callable]:
   """Jitted phases, each (state, images (N, H, W, 1) in [-1, 1]) -> (state, metrics):
   "g" (main G step, EMA and w_avg update), "g_reg" (path length), "d" (main D step, ADA's
-  sign accumulator), "d_reg" (R1). None of them advances the step: `next_step` does."""
+  sign accumulator), "d_reg" (R1). None of them advances the step: `gan_iteration` does."""
   g_opt, d_opt = gan_optimizers(s)
 
   def g_step(state, images):
     del images
-    grad_fn = jax.value_and_grad(lambda g: g_main_loss(nets, g, state["d"], state["ada_p"],
+    grad_fn = jax.value_and_grad(lambda g: g_main_loss(nets, g, state.d, state.ada_p,
                                                        phase_key(state, 0), s), has_aux=True)
-    (loss, w_mean), grads = grad_fn(state["g"])
-    updates, g_opt_state = g_opt.update(grads, state["g_opt"], state["g"])
-    g = optax.apply_updates(state["g"], updates)
-    beta = ema_beta(state["step"], s)
-    g_ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state["g_ema"], g)
-    w_avg = state["w_avg"] + (1 - W_AVG_BETA) * (w_mean - state["w_avg"])
-    return {**state, "g": g, "g_opt": g_opt_state, "g_ema": g_ema, "w_avg": w_avg}, {
-        "loss_g": loss}
+    (loss, w_mean), grads = grad_fn(state.g)
+    updates, g_opt_state = g_opt.update(grads, state.g_opt, state.g)
+    g = optax.apply_updates(state.g, updates)
+    beta = ema_beta(state.step, s)
+    g_ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.g_ema, g)
+    w_avg = state.w_avg + (1 - W_AVG_BETA) * (w_mean - state.w_avg)
+    return state.replace(g=g, g_opt=g_opt_state, g_ema=g_ema, w_avg=w_avg), {"loss_g": loss}
 
   def g_reg_step(state, images):
     del images
     batch = max(1, s.batch_size // 2)
 
     def loss_fn(g):
-      penalty, new_mean = path_length_loss(nets, g, state["pl_mean"], phase_key(state, 1), batch)
+      penalty, new_mean = path_length_loss(nets, g, state.pl_mean, phase_key(state, 1), batch)
       return penalty * s.pl_weight * s.pl_interval, (penalty, new_mean)
-    (_, (penalty, new_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["g"])
-    updates, g_opt_state = g_opt.update(grads, state["g_opt"], state["g"])
-    return {**state, "g": optax.apply_updates(state["g"], updates), "g_opt": g_opt_state,
-            "pl_mean": new_mean}, {"pl_penalty": penalty, "pl_mean": new_mean}
+    (_, (penalty, new_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g)
+    updates, g_opt_state = g_opt.update(grads, state.g_opt, state.g)
+    return state.replace(g=optax.apply_updates(state.g, updates), g_opt=g_opt_state,
+                         pl_mean=new_mean, pl_penalty=penalty), {}
 
   def d_step(state, images):
     k_reals, k_ws, k_noise, k_loss = jax.random.split(phase_key(state, 2), 4)
     reals = real_batch(images, k_reals, s.batch_size)
-    ws = sample_ws(nets, state["g"], k_ws, s.batch_size, s.style_mixing)
-    fakes = jax.lax.stop_gradient(synthesize(nets, state["g"], ws, k_noise))
+    ws = sample_ws(nets, state.g, k_ws, s.batch_size, s.style_mixing)
+    fakes = jax.lax.stop_gradient(synthesize(nets, state.g, ws, k_noise))
     grad_fn = jax.value_and_grad(
-        lambda d: d_main_loss(nets, d, fakes, reals, state["ada_p"], k_loss), has_aux=True)
-    (loss, aux), grads = grad_fn(state["d"])
-    updates, d_opt_state = d_opt.update(grads, state["d_opt"], state["d"])
-    return {**state, "d": optax.apply_updates(state["d"], updates), "d_opt": d_opt_state,
-            "ada_sum": state["ada_sum"] + aux["real_sign"],
-            "ada_count": state["ada_count"] + 1.0}, {"loss_d": loss, **aux}
+        lambda d: d_main_loss(nets, d, fakes, reals, state.ada_p, k_loss), has_aux=True)
+    (loss, aux), grads = grad_fn(state.d)
+    updates, d_opt_state = d_opt.update(grads, state.d_opt, state.d)
+    return state.replace(d=optax.apply_updates(state.d, updates), d_opt=d_opt_state,
+                         ada_sum=state.ada_sum + aux["real_sign"],
+                         ada_count=state.ada_count + 1.0), {"loss_d": loss, **aux}
 
   def d_reg_step(state, images):
     k_reals, k_aug = jax.random.split(phase_key(state, 3))
     reals = real_batch(images, k_reals, s.batch_size)
 
     def loss_fn(d):
-      penalty = r1_loss(nets, d, reals, state["ada_p"], k_aug)
+      penalty = r1_loss(nets, d, reals, state.ada_p, k_aug)
       return penalty * (s.r1_gamma / 2) * s.r1_interval, penalty
-    (_, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["d"])
-    updates, d_opt_state = d_opt.update(grads, state["d_opt"], state["d"])
-    return {**state, "d": optax.apply_updates(state["d"], updates), "d_opt": d_opt_state}, {
-        "r1_penalty": penalty}
+    (_, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d)
+    updates, d_opt_state = d_opt.update(grads, state.d_opt, state.d)
+    return state.replace(d=optax.apply_updates(state.d, updates), d_opt=d_opt_state,
+                         r1_penalty=penalty), {}
 
   return {"g": jax.jit(g_step), "g_reg": jax.jit(g_reg_step), "d": jax.jit(d_step),
           "d_reg": jax.jit(d_reg_step)}
 
 
-def gan_iteration(steps: dict[str, Callable], state: dict[str, Any], images: jax.Array,
-                  s: GanSettings, sg: ml_collections.ConfigDict) -> tuple[dict, dict]:
-  """One training iteration at state["step"]: G, its lazy path-length step, D, its lazy R1
-  step, ADA's p update every ada_interval steps; returns the state of the next step."""
-  step = int(state["step"])
-  metrics = {}
-  state, m = steps["g"](state, images)
-  metrics.update(m)
+def gan_iteration(steps: dict[str, Callable], state: GanState, images: jax.Array,
+                  s: GanSettings, sg: ml_collections.ConfigDict) -> tuple[GanState, dict]:
+  """One training iteration at state.step: G, its lazy path-length step, D, its lazy R1
+  step, ADA's p update every ada_interval steps; returns the state of the next step and
+  the same metrics every step (the lazy ones at their latest values)."""
+  step = int(state.step)
+  state, g_metrics = steps["g"](state, images)
   if s.pl_weight > 0 and step % s.pl_interval == 0:
-    state, m = steps["g_reg"](state, images)
-    metrics.update(m)
-  state, m = steps["d"](state, images)
-  metrics.update(m)
+    state, _ = steps["g_reg"](state, images)
+  state, d_metrics = steps["d"](state, images)
   if s.r1_gamma > 0 and step % s.r1_interval == 0:
-    state, m = steps["d_reg"](state, images)
-    metrics.update(m)
+    state, _ = steps["d_reg"](state, images)
   if (step + 1) % int(sg.ada_interval) == 0:
-    sign_mean = state["ada_sum"] / jnp.maximum(state["ada_count"], 1.0)
-    p = ada_adjust(state["ada_p"], sign_mean, s.batch_size * int(sg.ada_interval),
+    sign_mean = state.ada_sum / jnp.maximum(state.ada_count, 1.0)
+    p = ada_adjust(state.ada_p, sign_mean, s.batch_size * int(sg.ada_interval),
                    float(sg.ada_target), float(sg.ada_kimg))
-    state = {**state, "ada_p": p, "ada_sum": jnp.zeros(()), "ada_count": jnp.zeros(())}
-    metrics["ada_rt"] = sign_mean
-  metrics["ada_p"] = state["ada_p"]
-  return {**state, "step": state["step"] + 1}, metrics
+    zero = jnp.zeros((), jnp.float32)
+    state = state.replace(ada_p=p, ada_sum=zero, ada_count=zero, ada_rt=sign_mean)
+  metrics = {**g_metrics, **d_metrics, "ada_p": state.ada_p, "ada_rt": state.ada_rt,
+             "pl_mean": state.pl_mean, "pl_penalty": state.pl_penalty,
+             "r1_penalty": state.r1_penalty}
+  return state.replace(step=state.step + 1), metrics
 
 
 # --------------------------------------------------------------------------------------
@@ -780,24 +797,36 @@ def reconstruction_loss(nets: Nets, model: dict[str, Params], ws: jax.Array,
 
 
 def encoder_loss_weights(sg: ml_collections.ConfigDict) -> InversionLoss:
+  """The encoder's loss weights from config.stylegan."""
   return InversionLoss(float(sg.encoder_feature_weight), int(sg.feature_blocks),
                        adv_weight=float(sg.encoder_adv_weight))
 
 
 def inversion_loss_weights(sg: ml_collections.ConfigDict) -> InversionLoss:
+  """The inversion's loss weights from config.stylegan."""
   return InversionLoss(float(sg.inversion_feature_weight), int(sg.feature_blocks),
                        domain_weight=float(sg.inversion_domain_weight))
 
 
+@flax.struct.dataclass
+class EncoderState:
+  """The encoder's training state; gan_step: the GAN step it is trained against."""
+  step: jax.Array
+  gan_step: jax.Array
+  key: jax.Array
+  params: Params
+  opt: Any
+
+
 def make_encoder_step(nets: Nets, weights: InversionLoss, lr: float,
                       batch: int) -> tuple[Callable, optax.GradientTransformation]:
-  """Jitted (state, images in [-1, 1], frozen {"g", "d", "w_avg"}) -> (state, metrics) and
-  its optimizer; state {"step", "key", "params", "opt"}."""
+  """Jitted (state, images in [-1, 1], frozen {"g", "d", "w_avg"}) -> (state, metrics),
+  one Adam step on a batch drawn (and x-flipped) from the state's key and step, and its
+  optimizer."""
   optimizer = optax.adam(lr)
 
   def step(state, images, frozen):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=PRNG_IMPL),
-                             state["step"])
+    key = jax.random.fold_in(common.wrap_fast_key(state.key), state.step)
     k_batch, k_flip = jax.random.split(key)
     x = real_batch(images, k_batch, batch)
     x = jnp.where(jax.random.bernoulli(k_flip, 0.5, (batch, 1, 1, 1)), x[:, :, ::-1], x)
@@ -807,10 +836,10 @@ def make_encoder_step(nets: Nets, weights: InversionLoss, lr: float,
       ws = encode(nets, params, x, frozen["w_avg"])
       loss, parts = reconstruction_loss(nets, frozen, ws, x, target_features, weights)
       return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = optimizer.update(grads, state["opt"], state["params"])
-    return {**state, "step": state["step"] + 1, "params": optax.apply_updates(
-        state["params"], updates), "opt": opt}, {"loss_e": loss, **parts}
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt = optimizer.update(grads, state.opt, state.params)
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt=opt), {"loss_e": loss, **parts}
 
   return jax.jit(step), optimizer
 
@@ -878,17 +907,18 @@ def invert(config: ml_collections.ConfigDict, params: dict[str, Params], targets
   chunk = max(1, int(sg.inversion_log_every))
   start, run, render = make_inversion(nets, inversion_loss_weights(sg), float(sg.inversion_lr))
   model = jax.device_put(params)
-  carry = start(model, jnp.asarray(targets, jnp.float32) * 2.0 - 1.0)
+  carry = jax.block_until_ready(start(model, jnp.asarray(targets, jnp.float32) * 2.0 - 1.0))
   done, began = 0, time.perf_counter()
   while done < num_steps:
     todo = min(chunk, num_steps - done)
     carry, loss, pixel = run(model, carry, jnp.asarray(done), todo, jnp.asarray(num_steps))
     done += todo
     if log:
+      loss, pixel = float(loss.mean()), float(pixel.mean())  # Waits for the chunk to finish.
       elapsed = time.perf_counter() - began
       logging.info("StyleGAN inversion of %d slices: step %d/%d, loss %.4g, pixel MSE %.4g, "
-                   "%.1f s, ETA %.0f s", targets.shape[0], done, num_steps, float(loss.mean()),
-                   float(pixel.mean()), elapsed, elapsed / done * (num_steps - done))
+                   "%.1f s, ETA %.0f s", targets.shape[0], done, num_steps, loss, pixel,
+                   elapsed, elapsed / done * (num_steps - done))
   return np.asarray(carry[0]), np.asarray(render(model, carry[0]), np.float32)
 
 
@@ -908,7 +938,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
               "batch_size", "r1_interval", "pl_interval", "ada_interval", "log_every",
               "checkpoint_every", "encoder_batch_size", "inversion_log_every"):
     require(int(sg[key]) >= 1, key, "must be a positive integer")
-  for key in ("num_steps", "encoder_steps", "inversion_steps", "sample_every", "feature_blocks"):
+  for key in ("num_steps", "encoder_steps", "inversion_steps", "preview_every", "feature_blocks"):
     require(int(sg[key]) >= 0, key, "must be >= 0")
   require(int(sg.feature_blocks) < len(resolutions(size)), "feature_blocks",
           f"must be below the {len(resolutions(size)) - 1} blocks of the discriminator")
@@ -923,165 +953,92 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(float(sg[key]) >= 0, key, "must be >= 0")
 
 
-def to_storable(state: dict[str, Any]) -> dict[str, Any]:
-  """The state as host arrays (typed keys are stored as their raw data already)."""
-  return jax.device_get(state)
-
-
-def out_of_time(began: float, limit_min: float) -> bool:
-  """Whether limit_min (> 0) minutes have passed since `began` (a perf_counter reading)."""
-  return limit_min > 0 and time.perf_counter() - began > 60.0 * limit_min
-
-
-def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
-  """(N, H, W, 1) -> one (rows H, columns W) image; missing cells are black."""
-  n, h, w, _ = images.shape
-  rows = -(-n // columns)
-  grid = np.zeros((rows * h, columns * w), np.float32)
-  for i in range(n):
-    r, c = divmod(i, columns)
-    grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i, :, :, 0]
-  return grid
-
-
-def save_png(path: str, grid: np.ndarray) -> None:
-  """A (H, W) image in [0, 1] as a grey PNG, written atomically."""
-  with files.atomic_path(path) as tmp:
-    matplotlib.image.imsave(tmp, np.clip(grid, 0, 1), cmap="gray", vmin=0.0, vmax=1.0,
-                            format="png")
-
-
-def write_samples(nets: Nets, state: dict[str, Any], z: jax.Array, folder: str,
-                  writer: writers.MetricWriter) -> None:
-  """G_ema(z) with fixed noise as folder/samples/step_<step>.png and a TensorBoard image."""
-  g_ema = state["g_ema"]
-  w = nets.mapping.apply({"params": g_ema["mapping"]}, z)
+@functools.partial(jax.jit, static_argnums=0)
+def sample_images(nets: Nets, g: Params, z: jax.Array) -> jax.Array:
+  """G(z) with fixed noise: z (N, z_dim) -> (N, H, W, 1) in [0, 1]."""
+  w = nets.mapping.apply({"params": g["mapping"]}, z)
   ws = jnp.broadcast_to(w[:, None], (z.shape[0], nets.num_ws, nets.w_dim))
-  images = np.clip((np.asarray(synthesize(nets, g_ema, ws, None)) + 1) / 2, 0, 1)
-  grid = image_grid(images, int(math.ceil(math.sqrt(z.shape[0]))))
-  step = int(state["step"])
-  save_png(os.path.join(folder, "samples", f"step_{step:07d}.png"), grid)
-  writer.write_images(step, {"samples": grid[None, :, :, None]})
+  return jnp.clip((synthesize(nets, g, ws, None) + 1) / 2, 0, 1)
 
 
-def log_progress(writer: writers.MetricWriter, step: int, num_steps: int,
-                 totals: dict[str, float], counts: dict[str, int], seconds: float,
-                 steps_done: int, images_per_step: int, prefix: str) -> None:
-  """Writes the mean of each metric since the last report, the rate and an ETA."""
-  rate = steps_done / max(seconds, 1e-9)
-  scalars = {f"{prefix}/{k}": totals[k] / counts[k] for k in totals}
-  scalars[f"{prefix}/sec_per_step"] = 1.0 / max(rate, 1e-9)
-  scalars[f"{prefix}/kimg"] = step * images_per_step / 1000.0
-  writer.write_scalars(step, scalars)
-  eta = int((num_steps - step) / max(rate, 1e-9))
-  logging.info("StyleGAN %s step %d/%d, %.2f s/step, ETA %dh%02dm (or the time limit)", prefix,
-               step, num_steps, 1.0 / max(rate, 1e-9), eta // 3600, eta // 60 % 60)
+@functools.partial(jax.jit, static_argnums=0)
+def reconstruct(nets: Nets, encoder: Params, g: Params, w_avg: jax.Array,
+                images: jax.Array) -> jax.Array:
+  """G(E(x)) with fixed noise: (N, H, W, 1) in [0, 1] -> (N, H, W, 1) in [0, 1]."""
+  ws = encode(nets, encoder, images * 2.0 - 1.0, w_avg)
+  return jnp.clip((synthesize(nets, g, ws, None) + 1) / 2, 0, 1)
 
 
-def train_gan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray) -> dict:
-  """Trains (resuming) the GAN into workdir/stylegan until stylegan.num_steps or the time
-  limit; returns the final state (host arrays). images: (N, H, W, 1) in [0, 1]."""
+def train_gan(config: ml_collections.ConfigDict, workdir: str,
+              images: np.ndarray) -> common.LoopResult:
+  """Trains (resuming) the GAN in workdir/stylegan (checkpoints, TensorBoard, preview.png of
+  G_ema samples above training slices) until stylegan.num_steps or time_limit_min.
+  images: (N, H, W, 1) in [0, 1]."""
   sg = config.stylegan
   nets, s = build_nets(config), GanSettings.from_config(sg)
-  folder = os.path.join(workdir, FOLDER)
-  manager = checkpoints.manager(os.path.join(folder, GAN_CHECKPOINTS))
-  state = create_gan_state(nets, s, prng_key(int(config.seed)))
-  state = checkpoints.restore_latest(manager, to_storable(state))
-  state = jax.device_put(state)
+  state = jax.jit(create_gan_state, static_argnums=(0, 1))(nets, s,
+                                                           common.fast_key(int(config.seed)))
+  logging.info("StyleGAN: G %d, D %d parameters, %d training slices", count_params(state.g),
+               count_params(state.d), images.shape[0])
   steps = make_gan_steps(nets, s)
   data = jnp.asarray(images, jnp.float32) * 2.0 - 1.0
-  sample_z = jax.random.normal(prng_key(int(config.seed) + 1), (16, nets.z_dim))
-  writer = writers.TensorBoardWriter(folder)
-  num_steps, began = int(sg.num_steps), time.perf_counter()
-  wall0 = float(state["wall_s"])
-  totals, counts, tick, tick_step = {}, {}, time.perf_counter(), int(state["step"])
-  logging.info("StyleGAN: G %d, D %d parameters, %d training slices, from step %d",
-               count_params(state["g"]), count_params(state["d"]), images.shape[0], tick_step)
-  while int(state["step"]) < num_steps:
-    state, metrics = gan_iteration(steps, state, data, s, sg)
-    step = int(state["step"])
-    for k, v in metrics.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-      counts[k] = counts.get(k, 0) + 1
-    stop = out_of_time(began, float(sg.time_limit_min))
-    if step % int(sg.log_every) == 0 or step == num_steps or stop:
-      log_progress(writer, step, num_steps, totals, counts, time.perf_counter() - tick,
-                   step - tick_step, s.batch_size, "gan")
-      totals, counts, tick, tick_step = {}, {}, time.perf_counter(), step
-    if int(sg.sample_every) and (step % int(sg.sample_every) == 0 or step == num_steps or stop):
-      write_samples(nets, state, sample_z, folder, writer)
-    if step % int(sg.checkpoint_every) == 0 or step == num_steps or stop:
-      state = {**state, "wall_s": jnp.asarray(wall0 + time.perf_counter() - began)}
-      checkpoints.save(manager, step, to_storable(state))
-    if stop:
-      logging.info("StyleGAN: time limit of %.1f min reached at step %d; a rerun resumes.",
-                   float(sg.time_limit_min), step)
-      break
-  manager.close()
-  writer.close()
-  return to_storable(state)
+  sample_z = jax.random.normal(common.fast_key(int(config.seed) + 1), (8, nets.z_dim))
+  reals = images[np.linspace(0, len(images) - 1, 8).astype(int)]
+  schedule = common.LoopSchedule(
+      num_steps=int(sg.num_steps), log_every=int(sg.log_every),
+      checkpoint_every=int(sg.checkpoint_every), preview_every=int(sg.preview_every),
+      time_limit_min=float(sg.time_limit_min))
+  return common.train_loop(
+      lambda state, batch: gan_iteration(steps, state, batch, s, sg),
+      lambda start: itertools.repeat(data), state, os.path.join(workdir, FOLDER), schedule,
+      lambda state: {"samples": sample_images(nets, state.g_ema, sample_z), "real": reals})
 
 
 def train_encoder(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
-                  gan: dict[str, Any]) -> dict[str, Any]:
-  """Trains (resuming) the encoder against the GAN state `gan` until encoder_steps or
-  encoder_time_limit_min; a checkpoint of another GAN step is discarded. Returns its state."""
+                  gan: GanState) -> common.LoopResult:
+  """Trains (resuming) the encoder against the GAN state `gan` in workdir/stylegan/encoder
+  until encoder_steps or encoder_time_limit_min; a checkpoint trained against another GAN
+  step is discarded."""
   sg = config.stylegan
   nets = build_nets(config)
-  folder = os.path.join(workdir, FOLDER, ENCODER_CHECKPOINTS)
-  gan_step = int(gan["step"])
-  previous = checkpoints.latest_step(folder)
+  folder = os.path.join(workdir, FOLDER, ENCODER_FOLDER)
+  checkpoint_folder = os.path.join(folder, common.CHECKPOINT_DIR)
+  gan_step = int(gan.step)
+  previous = checkpoints.latest_step(checkpoint_folder)
   if previous is not None:
-    # Each encoder checkpoint records the GAN step it was trained against.
-    stored = checkpoints.manager(folder, create=False).restore(
+    stored = checkpoints.manager(checkpoint_folder, create=False).restore(
         previous, args=ocp.args.StandardRestore())
-    if int(np.asarray(stored["gan_step"])) != gan_step:
+    trained_against = int(np.asarray(stored["state"]["gan_step"]))
+    if trained_against != gan_step:
       logging.warning("StyleGAN encoder: %s was trained against GAN step %d, not %d; "
-                      "training it afresh.", folder, int(np.asarray(stored["gan_step"])),
-                      gan_step)
-      shutil.rmtree(folder)
-  manager = checkpoints.manager(folder)
+                      "training it afresh.", folder, trained_against, gan_step)
+      shutil.rmtree(checkpoint_folder)
   batch = int(sg.encoder_batch_size)
   step_fn, optimizer = make_encoder_step(nets, encoder_loss_weights(sg), float(sg.encoder_lr),
                                          batch)
-  params = init_encoder(nets, prng_key(int(config.seed) + 2))
-  state = {"step": jnp.zeros((), jnp.int32), "gan_step": jnp.asarray(gan_step, jnp.int32),
-           "key": jax.random.key_data(prng_key(int(config.seed) + 3)),
-           "params": params, "opt": optimizer.init(params), "wall_s": jnp.zeros(())}
-  state = jax.device_put(checkpoints.restore_latest(manager, to_storable(state)))
-  frozen = jax.device_put({"g": gan["g_ema"], "d": gan["d"], "w_avg": gan["w_avg"]})
+  params = jax.jit(init_encoder, static_argnums=0)(nets, common.fast_key(int(config.seed) + 2))
+  logging.info("StyleGAN encoder: %d parameters", count_params(params))
+  state = EncoderState(step=jnp.zeros((), jnp.int32), gan_step=jnp.asarray(gan_step, jnp.int32),
+                       key=jax.random.key_data(common.fast_key(int(config.seed) + 3)),
+                       params=params, opt=optimizer.init(params))
+  frozen = jax.device_put({"g": gan.g_ema, "d": gan.d, "w_avg": gan.w_avg})
   data = jnp.asarray(images, jnp.float32) * 2.0 - 1.0
-  writer = writers.TensorBoardWriter(os.path.join(workdir, FOLDER))
-  num_steps, began, wall0 = int(sg.encoder_steps), time.perf_counter(), float(state["wall_s"])
-  totals, counts, tick, tick_step = {}, {}, time.perf_counter(), int(state["step"])
-  logging.info("StyleGAN encoder: %d parameters, from step %d", count_params(params), tick_step)
-  while int(state["step"]) < num_steps:
-    state, metrics = step_fn(state, data, frozen)
-    step = int(state["step"])
-    for k, v in metrics.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-      counts[k] = counts.get(k, 0) + 1
-    stop = out_of_time(began, float(sg.encoder_time_limit_min))
-    if step % int(sg.log_every) == 0 or step == num_steps or stop:
-      log_progress(writer, step, num_steps, totals, counts, time.perf_counter() - tick,
-                   step - tick_step, batch, "encoder")
-      totals, counts, tick, tick_step = {}, {}, time.perf_counter(), step
-    if step % int(sg.checkpoint_every) == 0 or step == num_steps or stop:
-      state = {**state, "wall_s": jnp.asarray(wall0 + time.perf_counter() - began)}
-      checkpoints.save(manager, step, to_storable(state))
-    if stop:
-      logging.info("StyleGAN encoder: time limit of %.1f min reached at step %d; a rerun "
-                   "resumes.", float(sg.encoder_time_limit_min), step)
-      break
-  manager.close()
-  writer.close()
-  return to_storable(state)
+  shown = images[np.linspace(0, len(images) - 1, 8).astype(int)]
+  schedule = common.LoopSchedule(
+      num_steps=int(sg.encoder_steps), log_every=int(sg.log_every),
+      checkpoint_every=int(sg.checkpoint_every), preview_every=int(sg.preview_every),
+      time_limit_min=float(sg.encoder_time_limit_min))
+  return common.train_loop(
+      lambda state, batch: step_fn(state, batch, frozen), lambda start: itertools.repeat(data),
+      state, folder, schedule,
+      lambda state: {"target": shown, "reconstruction": reconstruct(
+          nets, state.params, frozen["g"], frozen["w_avg"], shown)})
 
 
-def inference_params(gan: dict[str, Any], encoder: dict[str, Any]) -> dict[str, Params]:
+def inference_params(gan: GanState, encoder: EncoderState) -> dict[str, Params]:
   """What translation needs: G's EMA, D (its features), the encoder and w_avg."""
-  return jax.device_get({"g": gan["g_ema"], "d": gan["d"], "encoder": encoder["params"],
-                         "w_avg": gan["w_avg"]})
+  return jax.device_get({"g": gan.g_ema, "d": gan.d, "encoder": encoder.params,
+                         "w_avg": gan.w_avg})
 
 
 def params_template(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -1092,24 +1049,7 @@ def params_template(config: ml_collections.ConfigDict) -> dict[str, Any]:
     gan = init_gan(nets, key)
     return {"g": gan["g"], "d": gan["d"], "encoder": init_encoder(nets, key),
             "w_avg": jnp.zeros((nets.w_dim,))}
-  return jax.eval_shape(make, prng_key(0))
-
-
-def export(config: ml_collections.ConfigDict, workdir: str, params: dict[str, Params],
-           meta: dict[str, Any]) -> str:
-  """Writes params to workdir/baselines/stylegan.msgpack and meta (plus the parameter count
-  and the config section) to stylegan.json, each atomically; returns the msgpack path."""
-  folder = os.path.join(workdir, "baselines")
-  path = os.path.join(folder, f"{EXPORT_NAME}.msgpack")
-  host = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
-  files.atomic_write(path, serialization.msgpack_serialize(host))
-  meta = {**meta, "parameters": count_params(host),
-          "parameters_by_part": {k: count_params(v) for k, v in host.items()},
-          "bytes": os.path.getsize(path), "config": config.stylegan.to_dict(),
-          "image_size": int(config.data.image_size)}
-  files.atomic_write(os.path.join(folder, f"{EXPORT_NAME}.json"),
-                     json.dumps(meta, indent=2, default=str).encode())
-  return path
+  return jax.eval_shape(make, common.fast_key(0))
 
 
 # --------------------------------------------------------------------------------------
@@ -1118,18 +1058,22 @@ def export(config: ml_collections.ConfigDict, workdir: str, params: dict[str, Pa
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Trains the GAN, then the encoder, on the target training slices, resuming from
-  workdir/stylegan/checkpoints and encoder_checkpoints, and exports the inference
-  parameters to workdir/baselines/stylegan.msgpack (+ .json)."""
+  workdir/stylegan/checkpoints and workdir/stylegan/encoder/checkpoints, and exports the
+  inference parameters to workdir/baselines/stylegan.msgpack (+ stylegan.json)."""
   check_config(config)
   images = load_dataset(config, workdir)["train"]["target"]
   gan = train_gan(config, workdir, images)
-  encoder = train_encoder(config, workdir, images, gan)
-  path = export(config, workdir, inference_params(gan, encoder), {
-      "method": "stylegan", "gan_steps": int(gan["step"]),
-      "gan_kimg": int(gan["step"]) * int(config.stylegan.batch_size) / 1000.0,
-      "gan_wall_s": float(gan["wall_s"]), "ada_p": float(gan["ada_p"]),
-      "encoder_steps": int(encoder["step"]), "encoder_wall_s": float(encoder["wall_s"])})
-  logging.info("StyleGAN: exported %s (%.1f MB)", path, os.path.getsize(path) / 2 ** 20)
+  encoder = train_encoder(config, workdir, images, gan.state)
+  params = inference_params(gan.state, encoder.state)
+  sg = config.stylegan
+  common.export(workdir, EXPORT_NAME, params, {
+      "method": "stylegan", "gan_steps": int(gan.state.step),
+      "gan_kimg": int(gan.state.step) * int(sg.batch_size) / 1000.0,
+      "gan_wall_s": gan.wall_s, "gan_finished": gan.finished, "ada_p": float(gan.state.ada_p),
+      "encoder_steps": int(encoder.state.step), "encoder_wall_s": encoder.wall_s,
+      "encoder_finished": encoder.finished,
+      "num_params_by_part": {k: count_params(v) for k, v in params.items()},
+      "image_size": int(config.data.image_size), "config": sg.to_dict()})
 
 
 def load(config: ml_collections.ConfigDict, path: str) -> dict[str, Params]:
@@ -1138,9 +1082,10 @@ def load(config: ml_collections.ConfigDict, path: str) -> dict[str, Params]:
   Raises InputError naming the path when it is missing, unreadable, or does not fit the
   networks of config.stylegan at config.data.image_size.
   """
-  return common.load_params(path, params_template(config), hint=(
+  return common.load_params(
+      path, params_template(config),
       "stylegan.* or data.image_size differ from training; use the config it was trained "
-      "with (see the stylegan.json beside it)"))
+      "with (see the stylegan.json beside it)")
 
 
 def translate(config: ml_collections.ConfigDict, params: dict[str, Params], source: np.ndarray,
