@@ -1,9 +1,9 @@
 """Faint-contrast sweep: lmi, sdedit, histmatch and identity against the source's tissue CNR.
 
-  PYTHONPATH=. python bench/contrast_sweep.py --split=val --out=/work/runs/sweep/before
-  PYTHONPATH=. python bench/contrast_sweep.py --split=val --methods=lmi --lmi-input=brain_stretch \
-      --baseline=/work/runs/sweep/before/results.json --out=/work/runs/sweep/brain_stretch
-  PYTHONPATH=. python bench/contrast_sweep.py --split=val --features-only --out=/work/runs/sweep/features
+  python bench/contrast_sweep.py --split=val --lmi-override reference_map=none --out=runs/sweep/before
+  python bench/contrast_sweep.py --split=val --methods=lmi \
+      --baseline=runs/sweep/before/results.json --out=runs/sweep/after
+  python bench/contrast_sweep.py --split=val --features-only --out=runs/sweep/features
 
 Variants of the source of a phantom split (config data.source, PDw by default), simulated
 again from each subject's seed with changed pure-tissue signals, so partial volume, bias
@@ -25,10 +25,11 @@ the slices. `structure` is `lmi_jax.structure.structure_score` (label-free) per 
 averaged.
 
 Candidates at inference change the lmi method only: --lmi-override edits config.lmi
-(key=value), --lmi-input maps the source before it becomes the LMI reference (LMI_INPUTS:
-stretching the brain's own intensity range over the bins is setting the bins and kernel
-width from the source's spread; flat_* first divide out the bias field). Every run uses the same slices and sampling noise,
-so --baseline (an earlier results.json) gives paired differences with standard errors.
+(key=value), e.g. reference_map=none (the source as it is: the sweep's "before") or another
+map of `lmi_jax.reference_map` (stretching the brain's own range over the bins sets the bins
+and kernel width from the source's spread; flat_* first divide out the bias field). Every
+run uses the same slices and sampling noise, so --baseline (an earlier results.json) gives
+paired differences with standard errors.
 --features-only measures the conditioning instead of translating: the cross-LMI map of
 (reference, x) against the map of (true target, x) for x = target + sigma noise, and the
 self map of the reference against the target's, as Pearson correlations inside the brain.
@@ -56,9 +57,8 @@ from absl import logging
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
-from skimage import filters
 
-from lmi_jax import evaluation, files, host, lmi, structure, translate
+from lmi_jax import evaluation, files, host, lmi, reference_map, structure, translate
 from lmi_jax.data import dataset, nifti, phantom
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -231,72 +231,6 @@ def tissue_cnr(source: np.ndarray, clean: np.ndarray, gaps: np.ndarray,
 
 
 # --------------------------------------------------------------------------------------
-# Candidate maps of the LMI reference. A monotone map changes only which Parzen bins the
-# intensities fall in; `flatten` divides by a smooth local mean, which keeps the intensity
-# order within each small LMI patch.
-
-
-def _brain_and_background(image: np.ndarray) -> tuple[np.ndarray, float]:
-  """(H, W) bool brain (Otsu foreground, holes filled) of one slice, and the Otsu threshold."""
-  threshold = float(filters.threshold_otsu(image))
-  return ndimage.binary_fill_holes(image > threshold), threshold
-
-
-def brain_stretch(image: np.ndarray, floor: float = 0.2, p_lo: float = 1.0,
-                  p_hi: float = 99.0) -> np.ndarray:
-  """One (H, W) slice mapped piecewise linearly: [0, Otsu] -> [0, floor] for the background,
-  the brain's p_lo..p_hi percentiles -> [floor, 1]; monotone, clipped."""
-  brain, threshold = _brain_and_background(image)
-  lo, hi = np.percentile(image[brain], [p_lo, p_hi])
-  inside = floor + (1.0 - floor) * np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-  outside = floor * np.clip(image / max(threshold, 1e-6), 0.0, 1.0)
-  return np.where(brain, inside, np.minimum(outside, floor)).astype(np.float32)
-
-
-def brain_equalize(image: np.ndarray, floor: float = 0.2) -> np.ndarray:
-  """One (H, W) slice: brain intensities replaced by their mid-rank among the brain's,
-  mapped to [floor, 1]; the background as in `brain_stretch`."""
-  brain, threshold = _brain_and_background(image)
-  values = np.sort(image[brain])
-  ranks = (np.searchsorted(values, image, "left") + np.searchsorted(values, image, "right") - 1) / 2
-  inside = floor + (1.0 - floor) * np.clip(ranks / max(len(values) - 1, 1), 0.0, 1.0)
-  outside = floor * np.clip(image / max(threshold, 1e-6), 0.0, 1.0)
-  return np.where(brain, inside, np.minimum(outside, floor)).astype(np.float32)
-
-
-def flatten(image: np.ndarray, sigma_px: float = 6.0) -> np.ndarray:
-  """One (H, W) slice divided inside its brain by its local mean there (a Gaussian of
-  sigma_px pixels, normalised convolution): a bias-field correction; the background as is."""
-  brain, _ = _brain_and_background(image)
-  weight = ndimage.gaussian_filter(brain.astype(np.float64), sigma_px)
-  local = ndimage.gaussian_filter(image * brain, sigma_px) / np.maximum(weight, 1e-12)
-  level = float(np.median(image[brain]))
-  ratio = level * image / np.maximum(local, 1e-6 * max(level, 1e-6))
-  return np.where(brain, ratio, image).astype(np.float32)
-
-
-LMI_INPUTS = {
-    "none": lambda image: image,
-    "brain_stretch": brain_stretch,
-    "brain_stretch_f0": lambda image: brain_stretch(image, floor=0.0),
-    "brain_stretch_f40": lambda image: brain_stretch(image, floor=0.4),
-    "brain_equalize": brain_equalize,
-    "smooth_stretch": lambda image: brain_stretch(ndimage.gaussian_filter(image, 0.7)),
-    "flat_stretch": lambda image: brain_stretch(flatten(image)),
-    "flat_equalize": lambda image: brain_equalize(flatten(image)),
-}
-
-
-def lmi_input(name: str, source: np.ndarray) -> np.ndarray:
-  """The (N, H, W, 1) source as the lmi method's reference, mapped by LMI_INPUTS[name]."""
-  if name not in LMI_INPUTS:
-    raise InputError(f"--lmi-input={name!r}: choose from {sorted(LMI_INPUTS)}.")
-  if name == "none":
-    return source
-  return np.stack([LMI_INPUTS[name](s[..., 0]) for s in source])[..., None]
-
-
-# --------------------------------------------------------------------------------------
 # Configuration
 
 
@@ -343,12 +277,10 @@ def load_config(path: str, source: str, overrides: list[str], split: str,
 
 def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str) -> str:
   """What a method's output depends on besides the variant: lmi and sampling sections, the
-  reference map, the split and the slice count."""
+  the split and the slice count."""
   parts = [args.split, str(args.max_slices), config.data.source, method]
   if method in ("lmi", "sdedit"):
     parts += [config.lmi.to_json(sort_keys=True), config.sampling.to_json(sort_keys=True)]
-  if method == "lmi":
-    parts.append(args.lmi_input)
   return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -366,11 +298,10 @@ def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
     if f"{method}/{key}" in stored:
       outputs[method] = stored[f"{method}/{key}"]
       continue
-    given = lmi_input(args.lmi_input, source) if method == "lmi" else source
     start = time.time()
     noise_key = jax.random.fold_in(translate.sampling_key(config), METHOD_NAMES.index(method))
     outputs[method] = translate.inside_source_brain(
-        config, source, translate.METHODS[method](ctx, given, noise_key))
+        config, source, translate.METHODS[method](ctx, source, noise_key))
     logging.info("%s %s: %d slices in %.1f s", name, method, len(source), time.time() - start)
     stored[f"{method}/{key}"] = outputs[method]
     files.save_npz(path, **stored)
@@ -530,7 +461,7 @@ def plot(rows: dict, methods: tuple[str, ...], path: str, title: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", default="configs/phantom_pd2t1_cpu.py", help="Config file.")
-  parser.add_argument("--workdir", default="/work/runs/sweep",
+  parser.add_argument("--workdir", default="runs/sweep",
                       help="Run folder: data cache; its checkpoint, else the shipped model.")
   parser.add_argument("--out", required=True, help="Results folder.")
   parser.add_argument("--split", default="val", choices=("val", "test"),
@@ -546,8 +477,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="config.lmi changes for the lmi method, e.g. normalize=percentile.")
   parser.add_argument("--sampling-override", nargs="*", default=[], metavar="KEY=VALUE",
                       help="config.sampling changes, e.g. method=em.")
-  parser.add_argument("--lmi-input", default="none", choices=sorted(LMI_INPUTS),
-                      help="Monotone map of the source before it becomes the LMI reference.")
   parser.add_argument("--baseline", default="", help="An earlier results.json for paired ΔDice.")
   parser.add_argument("--features-only", action="store_true",
                       help="Measure the conditioning maps instead of translating.")
@@ -581,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     cnr = tissue_cnr(parts["source"], parts["clean"], parts["gaps"], split["labels"])
     scores = np.array([structure.structure_score(s, structure.brain_mask(s)) for s in parts["source"]])
     if args.features_only:
-      reference = lmi_input(args.lmi_input, parts["source"])
+      reference = reference_map.map_reference(parts["source"], str(config.lmi.reference_map),
+                                              float(config.lmi.flatten_sigma))
       features[variant.name] = dict(cnr=float(np.nanmean(cnr)), structure=float(scores.mean()),
                                     **feature_study(lmi.from_config(config.lmi), trained_lmi,
                                                     args.feature_sigmas, int(config.seed),
@@ -593,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     rows[variant.name] = summarise(report, cnr, scores)
   settings = {"config": args.config, "split": args.split, "source": args.source,
               "n_slices": len(split["source"]), "lmi": config.lmi.to_dict(),
-              "sampling": config.sampling.to_dict(), "lmi_input": args.lmi_input,
+              "sampling": config.sampling.to_dict(),
               "methods": list(methods)}
   if args.features_only:
     keys = list(next(iter(features.values())))
@@ -610,7 +540,8 @@ def main(argv: list[str] | None = None) -> None:
                             indent=1).encode())
     write_csv(rows, os.path.join(args.out, "results.csv"))
     title = (f"{args.source} -> {config.data.target}, {args.split} ({len(split['source'])} slices); "
-             f"lmi input {args.lmi_input}; lmi {' '.join(args.lmi_override) or 'as configured'}")
+             f"lmi reference map {config.lmi.reference_map}; "
+             f"lmi {' '.join(args.lmi_override) or 'as configured'}")
     plot(rows, methods, os.path.join(args.out, "sweep.png"), title)
   atomic_write(os.path.join(args.out, "table.md"), (text + "\n").encode())
   print(text)

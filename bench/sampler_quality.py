@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
     print(f"| {r['setting']} | {r['nfe']} | " + " | ".join(cells)
           + f" | {r['seconds'] / n:.2f} | {mark} |")
   print("\n(mean ± standard error across slices)")
-  print(f"\nFewest NFE within one standard error of the reference on all three: "
+  print("\nFewest NFE within one standard error of the reference on all three: "
         + (f"{chosen['setting']} at NFE {chosen['nfe']}." if chosen else "none."))
 
 

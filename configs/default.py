@@ -57,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   lmi.nmi = True  # Normalised MI 2*MI/(H_a+H_b) (in [0, ~1]) instead of MI in bits.
   lmi.padding = "reflect"  # Border handling of patches and shifts: zero | edge | reflect.
   lmi.row_chunk = 0  # Rows per chunk to bound memory (0: chosen from the image size).
+  lmi.reference_map = "flat_stretch"  # Source map before it becomes the reference at translation: none | stretch | equalize | flat_stretch | flat_equalize (lmi_jax/reference_map.py; chosen on the val contrast sweep).
+  lmi.flatten_sigma = 0.094  # Bias-field Gaussian of the flat_* maps, as a fraction of the image width (6 px at 64).
   lmi.features = ("cross", "self")  # Conditioning channels fed to the score network, in order.
 
   # --- score model (lmi_jax/models) -----------------------------------------

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lmi_jax import reference_map
 from lmi_jax.errors import InputError
 
 EPS = 1e-10  # The authors' epsilon, used in every normalisation and logarithm.
@@ -116,7 +117,11 @@ class CrossLMI(NamedTuple):
 
 
 def from_config(config: ml_collections.ConfigDict) -> LMIConfig:
-  """The `lmi` section of a config as a static `LMIConfig`."""
+  """The `lmi` section of a config as a static `LMIConfig` (its reference-map keys checked)."""
+  reference_map.check_name(str(config.reference_map))
+  if not float(config.flatten_sigma) > 0.0:
+    raise InputError(f"lmi.flatten_sigma={config.flatten_sigma!r}: give a positive fraction of "
+                     "the image width (default 0.094).")
   return LMIConfig(
       patch_size=int(config.patch_size), radius=int(config.radius),
       num_bins=int(config.num_bins), kernel_sigma=float(config.kernel_sigma),

@@ -34,8 +34,8 @@ from absl import logging
 from flax import linen as nn
 from skimage import exposure
 
-from lmi_jax import (checkpoints, evaluation, figures, files, lmi, sampling, segmentation,
-                     structure)
+from lmi_jax import (checkpoints, evaluation, figures, files, lmi, reference_map, sampling,
+                     segmentation, structure)
 from lmi_jax.baselines import BASELINES, common as baseline_files
 from lmi_jax.data import load_dataset, nifti
 from lmi_jax.errors import InputError
@@ -159,8 +159,16 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)
 
 
+def lmi_reference(ctx: Context, source: np.ndarray) -> np.ndarray:
+  """(N, H, W, 1) sources -> the LMI references that condition `lmi_batch`
+  (`lmi.reference_map`, e.g. bias-field flattening and a brain stretch; lmi_jax/reference_map.py)."""
+  cfg = ctx.config.lmi
+  return reference_map.map_reference(source, str(cfg.reference_map), float(cfg.flatten_sigma))
+
+
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
-  return _per_device(lambda c, s, k: lmi_batch(c, s, k)[0], ctx, source, key, "lmi")
+  return _per_device(lambda c, s, k: lmi_batch(c, s, k)[0], ctx, lmi_reference(ctx, source),
+                     key, "lmi")
 
 
 def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
