@@ -424,25 +424,31 @@ def markdown(rows: dict, methods: tuple[str, ...], baseline: dict | None) -> str
   return "\n".join(lines)
 
 
-def plot(rows: dict, methods: tuple[str, ...], path: str, title: str) -> None:
+def plot(rows: dict, methods: tuple[str, ...], path: str, title: str,
+         baseline: dict | None = None) -> None:
   """Dice and SSIM against tissue CNR (log axis): lines over the contrast levels, markers
-  for the noise and tissue-order variants."""
+  for the noise and tissue-order variants; the --baseline run's methods dashed and faint."""
   fig = Figure(figsize=(10, 4), dpi=100)
   FigureCanvasAgg(fig)
   axes = fig.subplots(1, 2)
   colours = dict(zip(METHOD_NAMES, ("C0", "C1", "C2", "C7")))
   markers = {"noise": "s", "order": "^"}
+  runs = [(rows, methods, "-o", 1.0, "")]
+  if baseline:
+    runs.insert(0, (baseline, METHOD_NAMES, "--o", 0.45, " (baseline)"))
   for ax, metric in zip(axes, ("dice", "ssim")):
-    for method in methods:
-      levels = sorted((r["cnr"], r["methods"][method][metric]["mean"])
-                      for n, r in rows.items() if n.startswith("c=") and method in r["methods"])
-      if levels:
-        ax.plot(*zip(*levels), "-o", color=colours.get(method), label=method, ms=4)
-      for name, row in rows.items():
-        kind = name.split("=")[0]
-        if kind in markers and method in row["methods"]:
-          ax.plot(row["cnr"], row["methods"][method][metric]["mean"], markers[kind],
-                  color=colours.get(method), mfc="none", ms=7)
+    for run_rows, run_methods, style, alpha, suffix in runs:
+      for method in run_methods:
+        levels = sorted((r["cnr"], r["methods"][method][metric]["mean"])
+                        for n, r in run_rows.items() if n.startswith("c=") and method in r["methods"])
+        if levels:
+          ax.plot(*zip(*levels), style, color=colours.get(method), label=method + suffix, ms=4,
+                  alpha=alpha)
+        for name, row in run_rows.items():
+          kind = name.split("=")[0]
+          if kind in markers and method in row["methods"]:
+            ax.plot(row["cnr"], row["methods"][method][metric]["mean"], markers[kind],
+                    color=colours.get(method), mfc="none", ms=7, alpha=alpha)
     ax.set_xscale("log")
     ax.set_xlabel("source tissue CNR (log)")
     ax.set_ylabel(evaluation.METRIC_TITLES[metric])
@@ -542,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     title = (f"{args.source} -> {config.data.target}, {args.split} ({len(split['source'])} slices); "
              f"lmi reference map {config.lmi.reference_map}; "
              f"lmi {' '.join(args.lmi_override) or 'as configured'}")
-    plot(rows, methods, os.path.join(args.out, "sweep.png"), title)
+    plot(rows, methods, os.path.join(args.out, "sweep.png"), title, baseline)
   atomic_write(os.path.join(args.out, "table.md"), (text + "\n").encode())
   print(text)
 
