@@ -6,8 +6,6 @@ train share one compiled step.
 """
 
 import collections
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +16,8 @@ from configs import tiny
 from lmi_jax.baselines import common, cyclegan
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
+
+from baseline_resume import check_resumes
 
 TINY = {"generator_features": 4, "generator_blocks": 1, "discriminator_features": 4,
         "discriminator_layers": 1, "pool_size": 4, "batch_size": 2}
@@ -210,18 +210,5 @@ def test_train_resumes_where_it_stopped(tmp_path):
   """Three calls stopped by the time limit after one step each end with the parameters of
   one uninterrupted three-step call."""
   config = tiny_config(num_steps=3, log_every=1, checkpoint_every=10, preview_every=0)
-  whole = str(tmp_path / "whole")
-  cyclegan.train(config, whole)
-
-  config.cyclegan.time_limit_min = 1e-9
-  parts = str(tmp_path / "parts")
-  for step in (1, 2, 3):
-    cyclegan.train(config, parts)
-    with open(os.path.join(parts, "baselines", "cyclegan.json")) as f:
-      info = json.load(f)
-    assert info["steps"] == step and info["finished"] == (step == 3)
+  info = check_resumes(cyclegan, "cyclegan", config, tmp_path)
   assert info["wall_s"] > 0 and info["source_subjects"]
-  assert os.path.isfile(os.path.join(parts, "cyclegan", "preview.png"))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               cyclegan.load(config, os.path.join(parts, "baselines", "cyclegan.msgpack")),
-               cyclegan.load(config, os.path.join(whole, "baselines", "cyclegan.msgpack")))

@@ -6,7 +6,6 @@ The network is the tiny config's NCSN++ cut to its fewest parts (it compiles fas
 the tests that train share one compiled step.
 """
 
-import json
 import os
 
 import flax
@@ -19,6 +18,8 @@ from configs import tiny
 from lmi_jax.baselines import common, supervised
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
+
+from baseline_resume import check_resumes
 
 SMALL_MODEL = {"nf": 8, "ch_mult": (1,), "attn_resolutions": (), "resblock_type": "ddpm",
                "fir": False, "progressive": "none", "progressive_input": "none"}
@@ -164,18 +165,5 @@ def test_train_resumes_where_it_stopped(tmp_path):
   """Three calls stopped by the time limit after one step each end with the parameters of
   one uninterrupted three-step call; the export records the steps."""
   config = tiny_config(num_steps=3, log_every=1, checkpoint_every=10, preview_every=0)
-  whole = str(tmp_path / "whole")
-  supervised.train(config, whole)
-
-  config.supervised.time_limit_min = 1e-9
-  parts = str(tmp_path / "parts")
-  for step in (1, 2, 3):
-    supervised.train(config, parts)
-    with open(os.path.join(parts, "baselines", "supervised.json")) as f:
-      info = json.load(f)
-    assert info["steps"] == step and info["finished"] == (step == 3)
+  info = check_resumes(supervised, "supervised", config, tmp_path)
   assert info["model"]["nf"] == SMALL_MODEL["nf"] and info["num_params"] > 0
-  assert os.path.isfile(os.path.join(parts, "supervised", "preview.png"))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               supervised.load(config, os.path.join(parts, "baselines", "supervised.msgpack")),
-               supervised.load(config, os.path.join(whole, "baselines", "supervised.msgpack")))
