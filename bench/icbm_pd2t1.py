@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import host, metrics, sampling, segmentation, translate
+from lmi_jax import figures, host, metrics, sampling, segmentation, translate
 from lmi_jax.data import slices as slicing
 from lmi_jax.files import atomic_path
 
@@ -81,6 +81,12 @@ def main(argv: list[str]) -> None:
         f"({config.sampling.method}, NFE {sampling.network_evaluations(config.sampling)}); "
         f"2 mm, {int(brain.sum())} brain voxels; {jax.devices()[0].device_kind} x "
         f"{len(jax.devices())}, {platform.machine()}, JAX {jax.__version__}\n")
+  translation = nib.load(out_path).get_fdata()
+  picked = np.linspace(*np.flatnonzero(brain.any((0, 1)))[[0, -1]], 8)[1:-1].astype(int)
+  axial = lambda volume: np.stack([np.rot90(volume[..., z]) for z in picked])[..., None]
+  figure = os.path.join(workdir, "icbm_pd_to_t1.png")
+  figures.plot_rows({"PDw": axial(pd), "lmi": axial(translation), "T1w": axial(t1)}, figure)
+  print(f"(figure: {figure}, axial slices {picked.tolist()})\n")
   print("| output | Dice vs priors | PSNR vs T1w | SSIM vs T1w | s / volume |")
   print("| --- | ---: | ---: | ---: | ---: |")
   for what, s, secs in rows:
