@@ -428,7 +428,7 @@ def plot(rows: dict, methods: tuple[str, ...], path: str, title: str,
          baseline: dict | None = None) -> None:
   """Dice and SSIM against tissue CNR (log axis): lines over the contrast levels, markers
   for the noise and tissue-order variants; the --baseline run's methods dashed and faint."""
-  fig = Figure(figsize=(10, 4), dpi=100)
+  fig = Figure(figsize=(10, 4.8), dpi=100, layout="constrained")
   FigureCanvasAgg(fig)
   axes = fig.subplots(1, 2)
   colours = dict(zip(METHOD_NAMES, ("C0", "C1", "C2", "C7")))
@@ -453,9 +453,10 @@ def plot(rows: dict, methods: tuple[str, ...], path: str, title: str,
     ax.set_xlabel("source tissue CNR (log)")
     ax.set_ylabel(evaluation.METRIC_TITLES[metric])
     ax.grid(alpha=0.3)
-  axes[0].legend(title="lines: contrast c; □ noise, △ tissue order", fontsize=8)
+  fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=8,
+             title="lines: contrast c;  □ noise, △ tissue order (markers in the method's colour)",
+             title_fontsize=8)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png")
   atomic_write(path, buffer.getvalue())
