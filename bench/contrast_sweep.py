@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(rows, os.path.join(args.out, "results.csv"))
     title = (f"{args.source} -> {config.data.target}, {args.split} ({len(split['source'])} slices); "
              f"lmi reference map {config.lmi.reference_map}; "
-             f"lmi {' '.join(args.lmi_override) or 'as configured'}")
+             f"lmi {' '.join(args.lmi_override) or 'as configured'}"
+             + ("; dashed: the --baseline run" if baseline else ""))
     plot(rows, methods, os.path.join(args.out, "sweep.png"), title, baseline)
   atomic_write(os.path.join(args.out, "table.md"), (text + "\n").encode())
   print(text)
