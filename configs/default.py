@@ -215,7 +215,7 @@ def get_config() -> ml_collections.ConfigDict:
   stylegan.inversion_lr = 0.01  # Peak Adam learning rate of the inversion (Zhu et al.: 0.01); 5% ramp-up, cosine ramp-down over the last 25%.
   stylegan.inversion_feature_weight = 1.0  # Weight of the D-feature distance in the inversion loss.
   stylegan.inversion_domain_weight = 0.0  # Weight of Zhu et al.'s domain regulariser ||w - E(G(w))||^2; 0: off.
-  stylegan.inversion_log_every = 250  # Inversion steps per jitted chunk and progress line.
+  stylegan.inversion_log_every = 250  # Inversion steps per jitted chunk and progress line (at most a tenth of the steps).
 
   del data, lmi, model, sde, training, sampling, evaluation, cyclegan, supervised, stylegan
   return config

@@ -904,7 +904,8 @@ def invert(config: ml_collections.ConfigDict, params: dict[str, Params], targets
   sg = config.stylegan
   nets = build_nets(config)
   num_steps = int(sg.inversion_steps if num_steps is None else num_steps)
-  chunk = max(1, int(sg.inversion_log_every))
+  # At least ten progress lines: an inversion of a whole split runs for minutes on a CPU.
+  chunk = max(1, min(int(sg.inversion_log_every), -(-num_steps // 10)))
   start, run, render = make_inversion(nets, inversion_loss_weights(sg), float(sg.inversion_lr))
   model = jax.device_put(params)
   carry = jax.block_until_ready(start(model, jnp.asarray(targets, jnp.float32) * 2.0 - 1.0))
