@@ -54,6 +54,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
@@ -450,6 +451,7 @@ def plot(rows: dict, methods: tuple[str, ...], path: str, title: str,
             ax.plot(row["cnr"], row["methods"][method][metric]["mean"], markers[kind],
                     color=colours.get(method), mfc="none", ms=7, alpha=alpha)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # Short ranges label every minor tick.
     ax.set_xlabel("source tissue CNR (log)")
     ax.set_ylabel(evaluation.METRIC_TITLES[metric])
     ax.grid(alpha=0.3)
