@@ -103,6 +103,8 @@ def main() -> None:
           f"| {scan_s:.3f} | {1000 * scan_s / batch:.0f} |", flush=True)
     measured.append((batch, devices, sharded, keys, lmi_s, net_s, scan_s))
 
+  if not args.samplers:
+    return
   print("\n| sampler | NFE | batch | devices | s/slice | LMI share of an evaluation | how |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
   for batch, devices, sharded, keys, lmi_s, net_s, scan_s in measured:
