@@ -37,30 +37,38 @@ def brain_and_threshold(image: np.ndarray) -> tuple[np.ndarray, float]:
   return ndimage.binary_fill_holes(image > threshold), threshold
 
 
+def _brain_over_floor(image: np.ndarray, floor: float,
+                      unit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+  """One (H, W) slice: the brain at floor + (1 - floor) * unit(image, brain values) (unit in
+  [0, 1]), the background [0, Otsu] -> [0, floor]. A constant slice is returned as is."""
+  brain, threshold = brain_and_threshold(image)
+  if not brain.any():
+    return image.astype(np.float32)
+  inside = floor + (1.0 - floor) * np.clip(unit(image, image[brain]), 0.0, 1.0)
+  outside = floor * np.clip(image / max(threshold, 1e-6), 0.0, 1.0)
+  return np.where(brain, inside, np.minimum(outside, floor)).astype(np.float32)
+
+
 def brain_stretch(image: np.ndarray, floor: float = STRETCH_FLOOR, p_lo: float = 1.0,
                   p_hi: float = 99.0) -> np.ndarray:
   """One (H, W) slice mapped piecewise linearly: [0, Otsu] -> [0, floor], the brain's
   p_lo..p_hi percentiles -> [floor, 1]; clipped to [0, 1]. A constant slice is returned as is."""
-  brain, threshold = brain_and_threshold(image)
-  if not brain.any():
-    return image.astype(np.float32)
-  lo, hi = np.percentile(image[brain], [p_lo, p_hi])
-  inside = floor + (1.0 - floor) * np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-  outside = floor * np.clip(image / max(threshold, 1e-6), 0.0, 1.0)
-  return np.where(brain, inside, np.minimum(outside, floor)).astype(np.float32)
+
+  def unit(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(values, [p_lo, p_hi])
+    return (x - lo) / max(hi - lo, 1e-6)
+  return _brain_over_floor(image, floor, unit)
 
 
 def brain_equalize(image: np.ndarray, floor: float = STRETCH_FLOOR) -> np.ndarray:
   """One (H, W) slice: brain intensities replaced by their mid-rank among the brain's,
   mapped to [floor, 1]; the background as in `brain_stretch`."""
-  brain, threshold = brain_and_threshold(image)
-  if not brain.any():
-    return image.astype(np.float32)
-  values = np.sort(image[brain])
-  ranks = (np.searchsorted(values, image, "left") + np.searchsorted(values, image, "right") - 1) / 2
-  inside = floor + (1.0 - floor) * np.clip(ranks / max(len(values) - 1, 1), 0.0, 1.0)
-  outside = floor * np.clip(image / max(threshold, 1e-6), 0.0, 1.0)
-  return np.where(brain, inside, np.minimum(outside, floor)).astype(np.float32)
+
+  def unit(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    values = np.sort(values)
+    ranks = (np.searchsorted(values, x, "left") + np.searchsorted(values, x, "right") - 1) / 2
+    return ranks / max(len(values) - 1, 1)
+  return _brain_over_floor(image, floor, unit)
 
 
 def flatten(image: np.ndarray, sigma: float) -> np.ndarray:

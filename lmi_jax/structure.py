@@ -27,8 +27,8 @@ import math
 
 import numpy as np
 from scipy import ndimage
-from skimage import filters
 
+from lmi_jax import reference_map
 from lmi_jax.errors import InputError
 
 # Chosen on the validation sweep (bench/contrast_sweep.py, docs/results.md "Faint contrast")
@@ -70,13 +70,7 @@ def brain_mask(source: np.ndarray) -> np.ndarray:
     (H, W) bool for one slice, else (N, H, W).
   """
   stack = _as_stack("source", source)
-  masks = []
-  for image in stack:
-    if image.max() <= image.min():
-      masks.append(np.zeros(image.shape, bool))
-      continue
-    masks.append(ndimage.binary_fill_holes(image > filters.threshold_otsu(image)))
-  masks = np.stack(masks)
+  masks = np.stack([reference_map.brain_and_threshold(image)[0] for image in stack])
   single = np.ndim(source) == 2 or (np.ndim(source) == 3 and np.shape(source)[-1] == 1)
   return masks[0] if single else masks
 
