@@ -103,6 +103,10 @@ def get_config() -> ml_collections.ConfigDict:
   training.ema_decay = 0.9999  # Decay of the parameters' EMA that sampling uses (authors: 0.9999), warmed up as min(decay, (1+step)/(10+step)).
   training.eps = 1e-5  # Smallest diffusion time of the loss: t ~ U(eps, 1).
   training.p_uncond = 0.1  # Conditioning dropout: chance that an example's LMI features become the null (-1).
+  training.cond_aug = 0.0  # Chance that an example's LMI reference is a random remap of its target plus noise, not the target (0: the paper; lmi_jax/losses.py).
+  training.cond_aug_knots = 5  # Knots of that random piecewise-linear intensity curve, evenly spaced over [0, 1].
+  training.cond_aug_noise = 0.25  # Largest noise std added to the remapped reference (log-uniform down to 1/100 of it).
+  training.init_from = ""  # A shipped model folder (ema_params.msgpack, e.g. checkpoints/phantom_pd2t1) a fresh run starts from (fine-tuning); "": random initialisation.
   training.hflip = True  # Random horizontal flips of the training slices (the authors' blur is left out).
   training.prefetch = 2  # Batches put on the devices ahead of the step that uses them.
   training.log_every = 100  # Steps between metric log lines and TensorBoard scalars.

@@ -116,16 +116,17 @@ def read_meta(folder: str) -> dict:
                      "(python -m lmi_jax.pretrained).") from exc
 
 
-def load_shipped(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, int]:
+def load_shipped(config: ml_collections.ConfigDict, folder: str,
+                 key: str = "sampling.pretrained") -> tuple[dict, int]:
   """The shipped EMA parameters in `folder` as ({"params": ...}, step).
 
   Raises InputError when the folder is missing or the parameters do not fit the network
-  of `config` (use the config.py stored beside them).
+  of `config` (use the config.py stored beside them); `key` is the config key that named it.
   """
   path = os.path.join(folder, PARAMS_FILE)
   if not os.path.isfile(path):
-    raise InputError(f"sampling.pretrained = {folder!r}: {path} does not exist; train a model "
-                     "(--mode=train) or point sampling.pretrained at an exported folder.")
+    raise InputError(f"{key} = {folder!r}: {path} does not exist; train a model "
+                     f"(--mode=train) or point {key} at an exported folder.")
   try:
     with open(path, "rb") as f:
       params = jax.tree.map(lambda p: np.asarray(p, np.float32),
@@ -144,11 +145,14 @@ def load_shipped(config: ml_collections.ConfigDict, folder: str) -> tuple[dict, 
 def pretrained_folder(config: ml_collections.ConfigDict) -> str | None:
   """The folder `sampling.pretrained` names (relative to the working directory or to the
   repository), or None when it names none."""
-  folder = config.sampling.pretrained
-  if not folder:
-    return None
-  if not os.path.isabs(folder) and not os.path.isdir(folder):
-    folder = os.path.join(_REPOSITORY, folder)
+  return resolve_folder(config.sampling.pretrained) or None
+
+
+def resolve_folder(folder: str) -> str:
+  """A model folder as given when it exists from the working directory (or is absolute or
+  ""), else relative to the repository, where the shipped models are."""
+  if folder and not os.path.isabs(folder) and not os.path.isdir(folder):
+    return os.path.join(_REPOSITORY, folder)
   return folder
 
 

@@ -38,7 +38,8 @@ def write_model(params: dict, config_path: str, meta: dict, out_dir: str,
   float16 halves the file (a 9.9M-parameter model: 40 -> 20 MB) and moves weights by at
   most 2^-11 of their size; `load` gives float32 back either way. The folder is assembled
   next to its destination and renamed into place, so an interrupted write leaves no
-  half-written model behind. Returns the metadata written, with the parameter count and dtype.
+  half-written model behind; other files already in `out_dir` (the baselines shipped beside
+  the score model) are kept. Returns the metadata written, with the parameter count and dtype.
   """
   if dtype not in STORAGE_DTYPES:
     raise InputError(f"dtype={dtype!r}: use one of {', '.join(STORAGE_DTYPES)}.")
@@ -55,6 +56,10 @@ def write_model(params: dict, config_path: str, meta: dict, out_dir: str,
     with open(os.path.join(staging, META_FILE), "w") as f:
       json.dump(meta, f, indent=2)
     if os.path.isdir(out_dir):
+      for name in sorted(set(os.listdir(out_dir)) - {PARAMS_FILE, CONFIG_FILE, META_FILE}):
+        source = os.path.join(out_dir, name)
+        copy = shutil.copytree if os.path.isdir(source) else shutil.copy2
+        copy(source, os.path.join(staging, name))
       shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
   finally:

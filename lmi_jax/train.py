@@ -61,6 +61,7 @@ class StepConfig:
   warmup_steps: int
   grad_clip: float
   ema_decay: float
+  cond_aug: losses.CondAug = losses.CondAug()
 
   @property
   def in_channels(self) -> int:
@@ -76,7 +77,9 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
       lmi_cfg=lmi.from_config(config.lmi), scale_by_sigma=bool(config.model.scale_by_sigma),
       eps=float(training.eps), p_uncond=float(training.p_uncond), lr=float(training.lr),
       warmup_steps=int(training.warmup_steps), grad_clip=float(training.grad_clip),
-      ema_decay=float(training.ema_decay))
+      ema_decay=float(training.ema_decay),
+      cond_aug=losses.CondAug(prob=float(training.cond_aug), knots=int(training.cond_aug_knots),
+                              noise=float(training.cond_aug_noise)))
 
 
 @flax.struct.dataclass
@@ -117,6 +120,9 @@ def check_training_config(training: ml_collections.ConfigDict, num_devices: int)
   require(0.0 <= training.ema_decay < 1.0, "ema_decay", "use a decay in [0, 1)")
   require(0.0 < training.eps < 1.0, "eps", "use a time in (0, 1)")
   require(0.0 <= training.p_uncond <= 1.0, "p_uncond", "use a probability in [0, 1]")
+  require(0.0 <= training.cond_aug <= 1.0, "cond_aug", "use a probability in [0, 1]")
+  require(training.cond_aug_knots >= 2, "cond_aug_knots", "use a count >= 2")
+  require(0.0 < training.cond_aug_noise <= 1.0, "cond_aug_noise", "use a std in (0, 1]")
   for key in ("log_every", "checkpoint_every", "max_to_keep", "prefetch", "num_samples"):
     require(training[key] >= 1, key, "use a count >= 1")
   for key in ("sample_every", "sample_steps"):
@@ -186,7 +192,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   def loss_fn(params):
     return losses.dsm_loss(cfg.model, params, cfg.sde, cfg.lmi_cfg, batch["image"], keys,
                            eps=cfg.eps, p_uncond=cfg.p_uncond,
-                           scale_by_sigma=cfg.scale_by_sigma)
+                           scale_by_sigma=cfg.scale_by_sigma, cond_aug=cfg.cond_aug)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   # Equal shares per device, so the mean of device means is the global batch mean.
   grads = jax.lax.pmean(grads, AXIS)
@@ -429,6 +435,16 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
   return jax.device_get(jax_utils.unreplicate(rstate))
 
 
+def start_from_shipped(state: TrainState, cfg: StepConfig, config: ml_collections.ConfigDict,
+                       folder: str) -> TrainState:
+  """`state` with the parameters and their EMA set to the shipped model in `folder`, a fresh
+  optimizer and step 0 (so the learning-rate warm-up runs again): fine-tuning."""
+  params = checkpoints.load_shipped(config, folder, key="training.init_from")[0]["params"]
+  logging.info("Starting from the shipped model %s", folder)
+  return state.replace(params=params, ema_params=jax.tree.map(np.copy, params),
+                       opt_state=create_optimizer(cfg).init(params))
+
+
 def train_score_model(config: ml_collections.ConfigDict, workdir: str,
                        images: np.ndarray | None = None) -> TrainState:
   """Trains the model of `config` into workdir, resuming from its latest checkpoint.
@@ -457,6 +473,8 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
   cfg = step_config(config)
   state = create_train_state(jax.random.key(config.seed), cfg, config.data.image_size)
   manager = checkpoints.manager(checkpoints.score_folder(workdir), training.max_to_keep)
+  if training.init_from and manager.latest_step() is None:
+    state = start_from_shipped(state, cfg, config, checkpoints.resolve_folder(training.init_from))
   state = checkpoints.restore_latest(manager, state)
   logging.info("Score network %s: %d parameters; %d training slices; %d device(s) on %d host(s)",
                config.model.name, count_params(state.params), len(images),

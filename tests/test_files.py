@@ -75,3 +75,13 @@ def test_exported_model_folder_has_the_mode_of_mkdir(tmp_path, umask):
   with pytest.raises(FileNotFoundError):
     pretrained.write_model(params, str(tmp_path / "missing.py"), {}, str(tmp_path / "other"))
   assert sorted(os.listdir(tmp_path)) == ["model", "plain"]
+
+
+def test_exporting_again_keeps_the_baselines_beside_the_model(tmp_path):
+  out = tmp_path / "model"
+  pretrained.write_model({"w": np.ones(2, np.float32)}, CONFIG_FILE, {"step": 1}, str(out))
+  (out / "cyclegan.msgpack").write_bytes(b"baseline")
+  pretrained.write_model({"w": np.zeros(2, np.float32)}, CONFIG_FILE, {"step": 2}, str(out))
+  assert (out / "cyclegan.msgpack").read_bytes() == b"baseline"
+  assert checkpoints.read_meta(str(out))["step"] == 2
+  assert sorted(os.listdir(tmp_path)) == ["model"]

@@ -204,6 +204,13 @@ def test_batch_must_divide_over_the_devices():
     train.check_training_config(tiny_config().training, num_devices=3)
 
 
+@pytest.mark.parametrize("key,value", [("cond_aug", 1.5), ("cond_aug_knots", 1),
+                                       ("cond_aug_noise", 0.0)])
+def test_bad_conditioning_augmentation_is_named(key, value):
+  with pytest.raises(InputError, match=f"training.{key}"):
+    train.check_training_config(tiny_config(**{f"training__{key}": value}).training, 1)
+
+
 def test_null_features_replace_only_the_dropped_examples():
   features = np.random.default_rng(0).random((3, 4, 4, 2), np.float32)
   out = np.asarray(losses.drop_features(features, np.array([False, True, False])))
@@ -258,3 +265,89 @@ def test_dsm_loss_matches_a_hand_computation(scale_by_sigma):
     s = w / std if scale_by_sigma else w
     expected.append(0.5 * np.sum((std * s + np.asarray(draws.z)) ** 2))
   assert float(loss) == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+class FeatureProbe(models.NCSNpp):
+  """A stand-in network whose output is w times its first feature channel (the cross-LMI
+  map), so the loss depends on the reference the features were computed from."""
+
+  @flax.linen.compact
+  def __call__(self, x, noise_labels, train):
+    del noise_labels, train
+    return self.param("w", flax.linen.initializers.ones, ()) * x[..., 1:2]
+
+
+def test_remap_is_the_piecewise_linear_curve_plus_noise_clipped():
+  rng = np.random.default_rng(1)
+  x0 = rng.random((8, 8, 1)).astype(np.float32)
+  z = rng.standard_normal((8, 8, 1)).astype(np.float32)
+  values = np.array([0.0, 0.9, 0.3, 1.0, 0.5], np.float32)
+  out = np.asarray(losses.remap(x0, values, np.float32(0.05), z))
+  expected = np.clip(np.interp(x0, [0.0, 0.25, 0.5, 0.75, 1.0], values) + 0.05 * z, 0.0, 1.0)
+  np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_random_curves_keep_the_background_and_take_every_order():
+  curves = np.stack([np.asarray(losses.draw_curve(k, 5))
+                     for k in jax.random.split(jax.random.key(0), 300)])
+  assert np.all(curves[:, 0] == 0.0)
+  np.testing.assert_allclose(curves.max(axis=1), 1.0, rtol=1e-6)
+  assert curves[:, 1:].min() >= losses.CURVE_FLOOR
+  # The T1w order of the brain's intensities is kept, inverted or shuffled, all often.
+  rising = np.all(np.diff(curves[:, 1:], axis=1) > 0, axis=1).mean()
+  falling = np.all(np.diff(curves[:, 1:], axis=1) < 0, axis=1).mean()
+  assert 0.01 < rising < 0.1 and 0.01 < falling < 0.1  # 1/24 each for 4 uniform knots.
+
+
+def test_augment_reference_remaps_the_configured_share():
+  x0 = jax.numpy.asarray(np.random.default_rng(2).random((8, 8, 1)), jax.numpy.float32)
+  keys = jax.random.split(jax.random.key(3), 400)
+  off = losses.CondAug(prob=0.0)
+  assert all(np.array_equal(losses.augment_reference(k, x0, off), x0) for k in keys[:20])
+  half = jax.vmap(lambda k: losses.augment_reference(k, x0, losses.CondAug(prob=0.5)))(keys)
+  changed = np.any(np.asarray(half) != np.asarray(x0)[None], axis=(1, 2, 3))
+  assert 0.42 < changed.mean() < 0.58
+  assert float(half.min()) >= 0.0 and float(half.max()) <= 1.0
+
+
+def test_dsm_loss_takes_its_features_from_the_augmented_reference():
+  """The loss with cond_aug prob 1 equals a hand computation whose LMI reference is
+  `augment_reference` of each example, and differs from the loss with reference x0."""
+  from lmi_jax import lmi, sde as sdes
+  sde = sdes.VESDE(sigma_min=0.01, sigma_max=50.0)
+  cfg = lmi.LMIConfig(patch_size=3, num_bins=4)
+  x0 = np.random.default_rng(4).random((3, 8, 8, 1)).astype(np.float32)
+  keys = jax.random.split(jax.random.key(6), 3)
+  aug = losses.CondAug(prob=1.0, noise=0.2)
+  params = {"w": np.float32(1.0)}
+  loss = losses.dsm_loss(FeatureProbe(), params, sde, cfg, x0, keys, eps=1e-5, p_uncond=0.0,
+                         scale_by_sigma=False, cond_aug=aug)
+  plain = losses.dsm_loss(FeatureProbe(), params, sde, cfg, x0, keys, eps=1e-5, p_uncond=0.0,
+                          scale_by_sigma=False)
+  expected = []
+  for key, x in zip(keys, x0):
+    draws = losses.draw(key, (8, 8, 1), 1e-5, 0.0)
+    std = 0.01 * (50.0 / 0.01) ** float(draws.t)
+    x_t = x + std * np.asarray(draws.z)
+    reference = losses.augment_reference(draws.reference_key, x, aug)
+    cross = np.asarray(lmi.features(reference[None], x_t[None], cfg))[0, ..., :1]
+    expected.append(0.5 * np.sum((std * cross + np.asarray(draws.z)) ** 2))
+  assert float(loss) == pytest.approx(np.mean(expected), rel=1e-4)
+  assert abs(float(loss) - float(plain)) > 1e-3 * float(plain)
+
+
+def test_init_from_starts_a_fresh_run_at_the_shipped_parameters(reference, tmp_path):
+  from lmi_jax import pretrained
+  _, state = reference
+  folder = str(tmp_path / "shipped")
+  pretrained.write_model(state.ema_params, os.path.join(ROOT, "configs", "tiny.py"),
+                         {"step": 3}, folder)
+  started = train.train_score_model(
+      tiny_config(training__num_steps=0, training__init_from=folder), str(tmp_path / "run"))
+  assert int(started.step) == 0
+  for name, tree in (("params", started.params), ("ema_params", started.ema_params)):
+    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(state.ema_params)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+  with pytest.raises(InputError, match="training.init_from"):
+    train.train_score_model(tiny_config(training__init_from=str(tmp_path / "none")),
+                            str(tmp_path / "run2"))
