@@ -59,7 +59,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from lmi_jax import evaluation, files, host, lmi, reference_map, structure, translate
+from lmi_jax import checkpoints, evaluation, files, host, lmi, reference_map, structure, translate
 from lmi_jax.data import dataset, nifti, phantom
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -278,10 +278,17 @@ def load_config(path: str, source: str, overrides: list[str], split: str,
 
 def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str) -> str:
   """What a method's output depends on besides the variant: lmi and sampling sections, the
-  the split and the slice count."""
+  score model (its folder and step), the split and the slice count."""
   parts = [args.split, str(args.max_slices), config.data.source, method]
   if method in ("lmi", "sdedit"):
-    parts += [config.lmi.to_json(sort_keys=True), config.sampling.to_json(sort_keys=True)]
+    folder = checkpoints.shipped_folder(config, args.workdir)
+    if folder is None:
+      folder = checkpoints.score_folder(args.workdir)
+      step = checkpoints.latest_step(folder)
+    else:
+      step = checkpoints.read_meta(folder)["step"]
+    parts += [config.lmi.to_json(sort_keys=True), config.sampling.to_json(sort_keys=True),
+              os.path.abspath(folder), str(step)]
   return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
