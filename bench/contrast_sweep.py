@@ -276,19 +276,24 @@ def load_config(path: str, source: str, overrides: list[str], split: str,
 # Translation and scores
 
 
+def score_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, int | None]:
+  """(absolute folder, training step) of the score model lmi and sdedit use: workdir's
+  latest checkpoint, else the shipped model."""
+  folder = checkpoints.shipped_folder(config, workdir)
+  if folder is None:
+    folder = checkpoints.score_folder(workdir)
+    return os.path.abspath(folder), checkpoints.latest_step(folder)
+  return os.path.abspath(folder), checkpoints.read_meta(folder)["step"]
+
+
 def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str) -> str:
   """What a method's output depends on besides the variant: lmi and sampling sections, the
   score model (its folder and step), the split and the slice count."""
   parts = [args.split, str(args.max_slices), config.data.source, method]
   if method in ("lmi", "sdedit"):
-    folder = checkpoints.shipped_folder(config, args.workdir)
-    if folder is None:
-      folder = checkpoints.score_folder(args.workdir)
-      step = checkpoints.latest_step(folder)
-    else:
-      step = checkpoints.read_meta(folder)["step"]
+    folder, step = score_model(config, args.workdir)
     parts += [config.lmi.to_json(sort_keys=True), config.sampling.to_json(sort_keys=True),
-              os.path.abspath(folder), str(step)]
+              folder, str(step)]
   return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -555,9 +560,11 @@ def main(argv: list[str] | None = None) -> None:
                  json.dumps(evaluation.json_safe({"settings": settings, "rows": rows}),
                             indent=1).encode())
     write_csv(rows, os.path.join(args.out, "results.csv"))
+    folder, step = score_model(config, args.workdir)
     title = (f"{args.source} -> {config.data.target}, {args.split} ({len(split['source'])} slices); "
              f"lmi reference map {config.lmi.reference_map}; "
-             f"lmi {' '.join(args.lmi_override) or 'as configured'}"
+             f"lmi {' '.join(args.lmi_override) or 'as configured'}\nscore model "
+             f"{os.path.relpath(folder)} step {step}"
              + ("; dashed: the --baseline run" if baseline else ""))
     plot(rows, methods, os.path.join(args.out, "sweep.png"), title, baseline)
   atomic_write(os.path.join(args.out, "table.md"), (text + "\n").encode())
