@@ -286,12 +286,13 @@ def score_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, i
   return os.path.abspath(folder), checkpoints.read_meta(folder)["step"]
 
 
-def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str) -> str:
+def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str,
+                  model: tuple[str, int | None]) -> str:
   """What a method's output depends on besides the variant: lmi and sampling sections, the
-  score model (its folder and step), the split and the slice count."""
+  score model (`score_model`: its folder and step), the split and the slice count."""
   parts = [args.split, str(args.max_slices), config.data.source, method]
   if method in ("lmi", "sdedit"):
-    folder, step = score_model(config, args.workdir)
+    folder, step = model
     parts += [config.lmi.to_json(sort_keys=True), config.sampling.to_json(sort_keys=True),
               folder, str(step)]
   return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -299,15 +300,16 @@ def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, m
 
 def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
                       args: argparse.Namespace, name: str, source: np.ndarray,
-                      methods: tuple[str, ...]) -> dict[str, np.ndarray]:
+                      methods: tuple[str, ...], model: tuple[str, int | None]
+                      ) -> dict[str, np.ndarray]:
   """Each method's (N, H, W, 1) translation, reusing OUT/outputs/<name>.npz entries made
-  with the same settings. Methods keep their index in METHOD_NAMES for their noise key, so a
+  with the same settings and score model (`score_model`). Methods keep their index in METHOD_NAMES for their noise key, so a
   run of lmi alone draws the noise it draws in a full run."""
   path = os.path.join(args.out, "outputs", name.replace("=", "_").replace(",", "-") + ".npz")
   stored = dict(np.load(path)) if os.path.isfile(path) else {}
   outputs = {}
   for method in methods:
-    key = _settings_key(config, args, method)
+    key = _settings_key(config, args, method, model)
     if f"{method}/{key}" in stored:
       outputs[method] = stored[f"{method}/{key}"]
       continue
@@ -520,6 +522,7 @@ def main(argv: list[str] | None = None) -> None:
   variants = parse_variants(args.levels, args.noise, args.order)
   needed = () if args.features_only else methods
   split, segmenter, ctx = translate.prepare_split(config, args.workdir, needed)
+  model = score_model(config, args.workdir)
   made = make_variants(config, split, variants)
   baseline = None
   if args.baseline:
@@ -539,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
                                                     reference, split["target"], split["labels"]))
       logging.info("%s: %s", variant.name, features[variant.name])
       continue
-    outputs = translate_variant(ctx, config, args, variant.name, parts["source"], methods)
+    outputs = translate_variant(ctx, config, args, variant.name, parts["source"], methods, model)
     report = translate.score_split(config, outputs, dict(split, source=parts["source"]), segmenter)
     rows[variant.name] = summarise(report, cnr, scores)
   settings = {"config": args.config, "split": args.split, "source": args.source,
@@ -560,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
                  json.dumps(evaluation.json_safe({"settings": settings, "rows": rows}),
                             indent=1).encode())
     write_csv(rows, os.path.join(args.out, "results.csv"))
-    folder, step = score_model(config, args.workdir)
+    folder, step = model
     title = (f"{args.source} -> {config.data.target}, {args.split} ({len(split['source'])} slices); "
              f"lmi reference map {config.lmi.reference_map}; "
              f"lmi {' '.join(args.lmi_override) or 'as configured'}\nscore model "

@@ -7,7 +7,7 @@ For a clean target slice F (the only modality training sees):
 With the score of the kernel -z / std(t), this is Eq. 2's 1/2 |s - grad log p|^2 weighted by
 lambda(t) = std(t)^2, which puts every noise level on the same scale (Song et al. 2021).
 
-Conditioning augmentation (`CondAug`, off by default): with probability `prob` an example's
+Conditioning augmentation (`CondAug`, off unless given): with probability `prob` an example's
 reference is not F but a contrast F never had, g(F) + noise, with g a random piecewise-linear
 intensity curve (tissue order shuffled, inverted or squeezed) and the noise std drawn
 log-uniformly up to `noise`: c = LMI(g(F) + n; F, F_t). The network still sees target images
@@ -47,9 +47,9 @@ class CondAug:
   noise: largest noise std of the remapped reference (on its [0, 1] scale); the smallest
     is noise / NOISE_RANGE.
   """
-  prob: float = 0.0
-  knots: int = 5
-  noise: float = 0.25
+  prob: float
+  knots: int
+  noise: float
 
 
 NOISE_RANGE = 100.0  # Ratio of the largest to the smallest noise std drawn by `CondAug`.
@@ -107,7 +107,7 @@ def draw(key: jax.Array, image_shape: tuple[int, ...], eps: float, p_uncond: flo
 
 def dsm_loss(model: nn.Module, params: dict, sde: SDE, lmi_cfg: lmi.LMIConfig,
              x0: jax.Array, keys: jax.Array, *, eps: float, p_uncond: float,
-             scale_by_sigma: bool, cond_aug: CondAug = CondAug()) -> jax.Array:
+             scale_by_sigma: bool, cond_aug: CondAug | None = None) -> jax.Array:
   """Eq. 2 on a batch: a scalar, the mean over examples of the per-example loss.
 
   Args:
@@ -119,14 +119,14 @@ def dsm_loss(model: nn.Module, params: dict, sde: SDE, lmi_cfg: lmi.LMIConfig,
     eps: smallest diffusion time drawn.
     p_uncond: probability that an example's features are replaced by the null.
     scale_by_sigma: the network output is divided by std(t) (see `score_fn`).
-    cond_aug: the conditioning augmentation (default off: the reference is x0).
+    cond_aug: the conditioning augmentation (None or prob 0: the reference is x0).
   """
   d = jax.vmap(lambda k: draw(k, x0.shape[1:], eps, p_uncond))(keys)
   mean, std = sde.marginal(x0, d.t)
   std = bcast(std, x0)
   x_t = mean + std * d.z
   reference = x0
-  if cond_aug.prob > 0:
+  if cond_aug is not None and cond_aug.prob > 0:
     reference = jax.vmap(lambda k, x: augment_reference(k, x, cond_aug))(d.reference_key, x0)
   features = drop_features(lmi.features(reference, x_t, lmi_cfg), d.drop)
 

@@ -61,7 +61,7 @@ class StepConfig:
   warmup_steps: int
   grad_clip: float
   ema_decay: float
-  cond_aug: losses.CondAug = losses.CondAug()
+  cond_aug: losses.CondAug
 
   @property
   def in_channels(self) -> int:
@@ -435,14 +435,14 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
   return jax.device_get(jax_utils.unreplicate(rstate))
 
 
-def start_from_shipped(state: TrainState, cfg: StepConfig, config: ml_collections.ConfigDict,
+def start_from_shipped(state: TrainState, config: ml_collections.ConfigDict,
                        folder: str) -> TrainState:
-  """`state` with the parameters and their EMA set to the shipped model in `folder`, a fresh
-  optimizer and step 0 (so the learning-rate warm-up runs again): fine-tuning."""
+  """A fresh `state` (step 0, so the learning-rate warm-up runs again; its optimizer state
+  holds no values yet) with the parameters and their EMA set to the shipped model in
+  `folder`: fine-tuning."""
   params = checkpoints.load_shipped(config, folder, key="training.init_from")[0]["params"]
   logging.info("Starting from the shipped model %s", folder)
-  return state.replace(params=params, ema_params=jax.tree.map(np.copy, params),
-                       opt_state=create_optimizer(cfg).init(params))
+  return state.replace(params=params, ema_params=jax.tree.map(np.copy, params))
 
 
 def train_score_model(config: ml_collections.ConfigDict, workdir: str,
@@ -474,7 +474,7 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
   state = create_train_state(jax.random.key(config.seed), cfg, config.data.image_size)
   manager = checkpoints.manager(checkpoints.score_folder(workdir), training.max_to_keep)
   if training.init_from and manager.latest_step() is None:
-    state = start_from_shipped(state, cfg, config, checkpoints.resolve_folder(training.init_from))
+    state = start_from_shipped(state, config, checkpoints.resolve_folder(training.init_from))
   state = checkpoints.restore_latest(manager, state)
   logging.info("Score network %s: %d parameters; %d training slices; %d device(s) on %d host(s)",
                config.model.name, count_params(state.params), len(images),

@@ -302,9 +302,9 @@ def test_random_curves_keep_the_background_and_take_every_order():
 def test_augment_reference_remaps_the_configured_share():
   x0 = jax.numpy.asarray(np.random.default_rng(2).random((8, 8, 1)), jax.numpy.float32)
   keys = jax.random.split(jax.random.key(3), 400)
-  off = losses.CondAug(prob=0.0)
+  off = losses.CondAug(prob=0.0, knots=5, noise=0.25)
   assert all(np.array_equal(losses.augment_reference(k, x0, off), x0) for k in keys[:20])
-  half = jax.vmap(lambda k: losses.augment_reference(k, x0, losses.CondAug(prob=0.5)))(keys)
+  half = jax.vmap(lambda k: losses.augment_reference(k, x0, losses.CondAug(prob=0.5, knots=5, noise=0.25)))(keys)
   changed = np.any(np.asarray(half) != np.asarray(x0)[None], axis=(1, 2, 3))
   assert 0.42 < changed.mean() < 0.58
   assert float(half.min()) >= 0.0 and float(half.max()) <= 1.0
@@ -318,7 +318,7 @@ def test_dsm_loss_takes_its_features_from_the_augmented_reference():
   cfg = lmi.LMIConfig(patch_size=3, num_bins=4)
   x0 = np.random.default_rng(4).random((3, 8, 8, 1)).astype(np.float32)
   keys = jax.random.split(jax.random.key(6), 3)
-  aug = losses.CondAug(prob=1.0, noise=0.2)
+  aug = losses.CondAug(prob=1.0, knots=5, noise=0.2)
   params = {"w": np.float32(1.0)}
   loss = losses.dsm_loss(FeatureProbe(), params, sde, cfg, x0, keys, eps=1e-5, p_uncond=0.0,
                          scale_by_sigma=False, cond_aug=aug)
