@@ -276,31 +276,34 @@ def load_config(path: str, source: str, overrides: list[str], split: str,
 # Translation and scores
 
 
-def score_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, int | None]:
-  """(absolute folder, training step) of the score model lmi and sdedit use: workdir's
-  latest checkpoint, else the shipped model."""
+def score_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, int | None, int | None]:
+  """(absolute folder, training step, faint step) of the score model lmi and sdedit use:
+  workdir's latest checkpoint, else the shipped model; faint step is that of the shipped
+  folder's faint-contrast model when lmi may use it (`translate.lmi_model`), else None."""
   folder = checkpoints.shipped_folder(config, workdir)
   if folder is None:
     folder = checkpoints.score_folder(workdir)
-    return os.path.abspath(folder), checkpoints.latest_step(folder)
-  return os.path.abspath(folder), checkpoints.read_meta(folder)["step"]
+    return os.path.abspath(folder), checkpoints.latest_step(folder), None
+  faint = os.path.join(folder, checkpoints.FAINT_DIR)
+  faint_step = (checkpoints.read_meta(faint)["step"]
+                if os.path.isdir(faint) and config.sampling.faint_below > 0 else None)
+  return os.path.abspath(folder), checkpoints.read_meta(folder)["step"], faint_step
 
 
 def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str,
-                  model: tuple[str, int | None]) -> str:
+                  model: tuple[str, int | None, int | None]) -> str:
   """What a method's output depends on besides the variant: lmi and sampling sections, the
-  score model (`score_model`: its folder and step), the split and the slice count."""
+  score model (`score_model`: its folder and steps), the split and the slice count."""
   parts = [args.split, str(args.max_slices), config.data.source, method]
   if method in ("lmi", "sdedit"):
-    folder, step = model
     parts += [config.lmi.to_json(sort_keys=True), config.sampling.to_json(sort_keys=True),
-              folder, str(step)]
+              *map(str, model)]
   return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
                       args: argparse.Namespace, name: str, source: np.ndarray,
-                      methods: tuple[str, ...], model: tuple[str, int | None]
+                      methods: tuple[str, ...], model: tuple[str, int | None, int | None]
                       ) -> dict[str, np.ndarray]:
   """Each method's (N, H, W, 1) translation, reusing OUT/outputs/<name>.npz entries made
   with the same settings and score model (`score_model`). Methods keep their index in METHOD_NAMES for their noise key, so a
@@ -563,11 +566,13 @@ def main(argv: list[str] | None = None) -> None:
                  json.dumps(evaluation.json_safe({"settings": settings, "rows": rows}),
                             indent=1).encode())
     write_csv(rows, os.path.join(args.out, "results.csv"))
-    folder, step = model
+    folder, step, faint_step = model
     title = (f"{args.source} -> {config.data.target}, {args.split} ({len(split['source'])} slices); "
              f"lmi reference map {config.lmi.reference_map}; "
              f"lmi {' '.join(args.lmi_override) or 'as configured'}\nscore model "
              f"{os.path.relpath(folder)} step {step}"
+             + (f" (structure < {config.sampling.faint_below:g}: its faint/, step {faint_step})"
+                if faint_step is not None else "")
              + ("; dashed: the --baseline run" if baseline else ""))
     plot(rows, methods, os.path.join(args.out, "sweep.png"), title, baseline)
   atomic_write(os.path.join(args.out, "table.md"), (text + "\n").encode())

@@ -137,6 +137,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.seed = 0  # Sampling noise: key = fold_in(key(config.seed), sampling.seed); change it to redraw.
   sampling.batch_size = 8  # Slices translated per jitted call, split over the local devices.
   sampling.pretrained = ""  # Shipped model folder used when the workdir has no checkpoint ("": none).
+  sampling.faint_below = 4.0  # lmi uses the shipped folder's faint/ model (trained with cond_aug) for sources of structure score below this (0: never).
 
   # --- evaluation (lmi_jax/evaluation.py) -------------------------------------
   config.eval = evaluation = ml_collections.ConfigDict()

@@ -25,6 +25,9 @@ CheckpointManager = ocp.CheckpointManager
 PARAMS_FILE = "ema_params.msgpack"
 CONFIG_FILE = "config.py"
 META_FILE = "model.json"
+# A shipped folder may hold, in this subfolder, a second model fine-tuned with training.cond_aug
+# that lmi uses for sources of little structure (sampling.faint_below).
+FAINT_DIR = "faint"
 _REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -165,6 +168,17 @@ def shipped_folder(config: ml_collections.ConfigDict, workdir: str) -> str | Non
   if latest_step(score_folder(workdir)) is not None:
     return None
   return pretrained_folder(config)
+
+
+def load_faint(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int, str] | None:
+  """(variables, step, folder) of the faint-contrast model in the shipped folder used instead
+  of `workdir` (`shipped_folder`, subfolder `FAINT_DIR`), or None when there is none."""
+  folder = shipped_folder(config, workdir)
+  faint = None if folder is None else os.path.join(folder, FAINT_DIR)
+  if faint is None or not os.path.isdir(faint):
+    return None
+  variables, step = load_shipped(config, faint, key=f"sampling.pretrained (its {FAINT_DIR}/)")
+  return variables, step, faint
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:

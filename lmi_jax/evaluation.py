@@ -233,6 +233,10 @@ def report_markdown(report: dict) -> str:
   warning = report.get("structure", {}).get("structure_warning")
   if warning:
     text += f"\nWarning: {warning}\n"
+  faint = report.get("structure", {}).get("faint_model")
+  if faint:
+    text += (f"\nlmi translated with the faint-contrast model {faint}: the source's structure "
+             "score is below sampling.faint_below.\n")
   settings = report.get("metric_settings", {})
   if settings:
     text += "\nMetric settings: " + "; ".join(f"{k.upper()}: {v}" for k, v in settings.items()) + ".\n"

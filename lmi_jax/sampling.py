@@ -305,6 +305,7 @@ def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
   require(0.0 < cfg.sdedit_t0 <= 1.0, "sdedit_t0", "use a time in (0, 1]")
   require(cfg.rho > 0, "rho", "use a positive exponent")
   require(cfg.churn >= 0, "churn", "use 0 (none) or more")
+  require(cfg.faint_below >= 0, "faint_below", "use 0 (never) or a positive structure score")
 
 
 def steps_for(cfg: ml_collections.ConfigDict, t_start: float = 1.0) -> int:

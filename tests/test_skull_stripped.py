@@ -176,6 +176,7 @@ def test_sample_input_writes_translation_and_segmentation_on_the_input_grid(
   with open(os.path.join(workdir, "samples", "FLAIR_translated.json")) as f:
     record = json.load(f)
   assert record["input"] == source and 0 < record["slices"] <= int(holds_brain.sum())
+  assert record["model"] == os.path.join(workdir, "checkpoints")  # Its own, not a shipped one.
   low = record["structure_score"] < record["structure_threshold"]
   assert (record["structure_warning"] is not None) == low
   assert ("tissue structure score" in done.stderr) == low

@@ -140,18 +140,80 @@ def test_shipped_models_denoise_phantom_slices(config_module, tmp_path):
   config.data.num_train_subjects, config.data.num_val_subjects = 1, 0
   config.data.num_test_subjects = 1
   test = load_dataset(config, str(tmp_path))["test"]
-  variables, _ = checkpoints.restore_model(config, str(tmp_path))  # No checkpoint: the shipped one.
+  models_shipped = [checkpoints.restore_model(config, str(tmp_path))[0]]  # No checkpoint: the shipped one.
+  faint = checkpoints.load_faint(config, str(tmp_path))
+  assert (faint is not None) == (config_module is phantom_pd2t1_cpu)  # The quick start's model has one.
+  models_shipped += [] if faint is None else [faint[0]]
   sde = sdes.sde_from_config(config.sde)
   clean, source = jnp.asarray(test["target"][:2]), jnp.asarray(test["source"][:2])
   t = jnp.full((2,), 0.3)
   std = sde.mean_std(t)[1][0]  # VE: the clean slice is the mean.
   noisy = clean + std * jax.random.normal(jax.random.key(0), clean.shape)
-  score = models.lmi_score(models.create_model(config.model), variables, sde,
-                           lmi.from_config(config.lmi), source,
-                           scale_by_sigma=config.model.scale_by_sigma)(noisy, t)
-  denoised = noisy + std**2 * score
   noisy_error = float(jnp.mean(jnp.square(noisy - clean)))
-  assert float(jnp.mean(jnp.square(denoised - clean))) < 0.3 * noisy_error
+  for variables in models_shipped:
+    score = models.lmi_score(models.create_model(config.model), variables, sde,
+                             lmi.from_config(config.lmi), source,
+                             scale_by_sigma=config.model.scale_by_sigma)(noisy, t)
+    denoised = noisy + std**2 * score
+    assert float(jnp.mean(jnp.square(denoised - clean))) < 0.3 * noisy_error
+
+
+def _disk_stack(contrast: float, size: int, slices: int = 3) -> np.ndarray:
+  """(slices, size, size, 1) brain disks at 0.5 on a zero background, with 2-pixel stripes
+  of a second tissue at 0.5 + contrast and Gaussian noise of std 0.02."""
+  yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+  disk = xx ** 2 + yy ** 2 < (0.4 * size) ** 2
+  stripes = (np.arange(size)[None, :] // 2) % 2 == 1
+  image = np.where(disk, 0.5 + contrast * stripes, 0.0)
+  noise = 0.02 * np.random.default_rng(0).standard_normal((slices, size, size))
+  return (image + noise)[..., None].astype(np.float32)
+
+
+def test_faint_model_translates_sources_of_little_structure(trained, tmp_path):
+  """A shipped folder's faint/ model is loaded beside the main one; lmi uses it for a stack
+  whose structure score is below sampling.faint_below, and the main model otherwise."""
+  config, workdir = trained
+  shipped = str(tmp_path / "shipped")
+  pretrained.export(config, CONFIG_FILE, workdir, shipped)
+  own, _ = checkpoints.restore_ema_params(config, workdir)
+  halved = jax.tree.map(lambda p: 0.5 * np.asarray(p), own["params"])
+  pretrained.write_model(halved, CONFIG_FILE, {"step": 7}, os.path.join(shipped, "faint"))
+  pretrained.export(config, CONFIG_FILE, workdir, shipped)  # Re-exporting keeps faint/.
+  config = config.copy_and_resolve_references()
+  config.sampling.pretrained = shipped
+  ctx = translate.make_context(config, str(tmp_path / "empty"), None)
+  assert ctx.faint.step == 7 and ctx.faint.folder == os.path.join(shipped, "faint")
+  size = config.data.image_size
+  flat, striped = _disk_stack(0.0, size), _disk_stack(0.3, size)
+  threshold = config.sampling.faint_below
+  assert translate.stack_structure_score(config, flat) < threshold
+  assert translate.stack_structure_score(config, striped) > threshold
+  assert translate.lmi_model(ctx, striped) is ctx
+  chosen = translate.lmi_model(ctx, flat)
+  assert chosen.step == 7 and chosen.model_folder == ctx.faint.folder and chosen.faint is None
+  for a, b in zip(jax.tree.leaves(chosen.variables), jax.tree.leaves(halved)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # The translation of the flat stack is the faint model's, bit for bit.
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(translate.translate_lmi(ctx, flat, key),
+                                translate.translate_lmi(chosen, flat, key))
+  assert not np.array_equal(translate.translate_lmi(ctx, flat, key),
+                            translate.translate_lmi(dataclasses.replace(ctx, faint=None), flat, key))
+  # The eval report says which model lmi used (a threshold above any score forces faint/).
+  evaluated = config.copy_and_resolve_references()
+  evaluated.sampling.faint_below = 1e9
+  evaluated.eval.methods, evaluated.eval.max_slices = ("lmi",), 2
+  report = translate.evaluate(evaluated, str(tmp_path / "eval"))
+  assert report["structure"]["faint_model"] == ctx.faint.folder
+  with open(tmp_path / "eval" / "eval" / "report.md") as f:
+    assert f"faint-contrast model {ctx.faint.folder}" in f.read()
+  # faint_below = 0 turns it off; a workdir's own checkpoint has no faint model.
+  config.sampling.faint_below = 0.0
+  assert translate.lmi_model(ctx, flat) is ctx  # ctx holds this config.
+  assert translate.make_context(config, workdir, None).faint is None
+  config.sampling.faint_below = -1.0
+  with pytest.raises(InputError, match="sampling.faint_below"):
+    translate.make_context(config, workdir, None)
 
 
 def test_histmatch_matches_target_histogram():
