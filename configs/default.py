@@ -138,6 +138,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.batch_size = 8  # Slices translated per jitted call, split over the local devices.
   sampling.pretrained = ""  # Shipped model folder used when the workdir has no checkpoint ("": none).
   sampling.faint_below = 4.0  # lmi uses the shipped folder's faint/ model (trained with cond_aug) for sources of structure score below this (0: never).
+  sampling.faint_reference_map = ""  # lmi.reference_map of the sources the faint/ model translates ("": lmi.reference_map; flat_equalize: more Dice at faint contrast, less with noise).
 
   # --- evaluation (lmi_jax/evaluation.py) -------------------------------------
   config.eval = evaluation = ml_collections.ConfigDict()

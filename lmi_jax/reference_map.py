@@ -95,10 +95,10 @@ REFERENCE_MAPS: dict[str, SliceMap] = {
 }
 
 
-def check_name(name: str) -> None:
-  """Raises InputError naming `lmi.reference_map` when `name` is not a known map."""
+def check_name(name: str, key: str = "lmi.reference_map") -> None:
+  """Raises InputError naming the config `key` when `name` is not a known map."""
   if name not in REFERENCE_MAPS:
-    raise InputError(f"lmi.reference_map={name!r}: choose one of {sorted(REFERENCE_MAPS)}.")
+    raise InputError(f"{key}={name!r}: choose one of {sorted(REFERENCE_MAPS)}.")
 
 
 def map_reference(source: np.ndarray, name: str, sigma: float) -> np.ndarray:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lmi_jax import reference_map
 from lmi_jax.errors import key_checker
 from lmi_jax.sde import SDE, bcast
 
@@ -306,6 +307,8 @@ def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
   require(cfg.rho > 0, "rho", "use a positive exponent")
   require(cfg.churn >= 0, "churn", "use 0 (none) or more")
   require(cfg.faint_below >= 0, "faint_below", "use 0 (never) or a positive structure score")
+  if cfg.faint_reference_map:
+    reference_map.check_name(str(cfg.faint_reference_map), "sampling.faint_reference_map")
 
 
 def steps_for(cfg: ml_collections.ConfigDict, t_start: float = 1.0) -> int:

@@ -180,11 +180,14 @@ def lmi_reference(ctx: Context, source: np.ndarray) -> np.ndarray:
 
 def lmi_model(ctx: Context, source: np.ndarray) -> Context:
   """`ctx` with the model lmi translates the (N, H, W, 1) source stack with: its faint-contrast
-  model (`FaintModel`) when it has one and the stack's structure score
-  (`stack_structure_score`) is below sampling.faint_below, else `ctx` itself.
+  model (`FaintModel`), and sampling.faint_reference_map unless it is "", when it has one and
+  the stack's structure score (`stack_structure_score`) is below sampling.faint_below, else
+  `ctx` itself.
 
-  On the phantom's validation sweep the faint model (cond_aug 0.5) gains 0.06-0.07 Dice on
-  every variant scoring below 4 and loses 0.01 at today's PD (5.3): docs/results.md.
+  On the phantom's validation sweep the faint model (cond_aug 0.5) gains on the variants
+  scoring below 4 and loses 0.02 at today's PD (5.3) against an equally fine-tuned model;
+  flat_equalize gains for it where the contrast is faint and loses with noise:
+  docs/results.md, "Faint contrast".
   """
   threshold = float(ctx.config.sampling.faint_below)
   if ctx.faint is None or threshold <= 0:
@@ -192,10 +195,13 @@ def lmi_model(ctx: Context, source: np.ndarray) -> Context:
   score = stack_structure_score(ctx.config, source)
   if not score < threshold:
     return ctx
+  config = ctx.config.copy_and_resolve_references()
+  config.lmi.reference_map = str(config.sampling.faint_reference_map or config.lmi.reference_map)
   logging.info("Structure score %.2f < sampling.faint_below = %g: lmi uses the faint-contrast "
-               "model %s (training step %d).", score, threshold, ctx.faint.folder, ctx.faint.step)
+               "model %s (training step %d) and reference map %s.", score, threshold,
+               ctx.faint.folder, ctx.faint.step, config.lmi.reference_map)
   return dataclasses.replace(ctx, variables=ctx.faint.variables, step=ctx.faint.step,
-                             model_folder=ctx.faint.folder, faint=None)
+                             model_folder=ctx.faint.folder, faint=None, config=config)
 
 
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:

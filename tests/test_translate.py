@@ -191,6 +191,11 @@ def test_faint_model_translates_sources_of_little_structure(trained, tmp_path):
   assert translate.lmi_model(ctx, striped) is ctx
   chosen = translate.lmi_model(ctx, flat)
   assert chosen.step == 7 and chosen.model_folder == ctx.faint.folder and chosen.faint is None
+  assert chosen.config.lmi.reference_map == config.lmi.reference_map  # faint_reference_map "".
+  config.sampling.faint_reference_map = "flat_equalize"
+  assert translate.lmi_model(ctx, flat).config.lmi.reference_map == "flat_equalize"
+  assert config.lmi.reference_map != "flat_equalize"  # The copy changed, not the config.
+  config.sampling.faint_reference_map = ""
   for a, b in zip(jax.tree.leaves(chosen.variables), jax.tree.leaves(halved)):
     np.testing.assert_array_equal(np.asarray(a), b)
   # The translation of the flat stack is the faint model's, bit for bit.
@@ -213,6 +218,9 @@ def test_faint_model_translates_sources_of_little_structure(trained, tmp_path):
   assert translate.make_context(config, workdir, None).faint is None
   config.sampling.faint_below = -1.0
   with pytest.raises(InputError, match="sampling.faint_below"):
+    translate.make_context(config, workdir, None)
+  config.sampling.faint_below, config.sampling.faint_reference_map = 4.0, "flat"
+  with pytest.raises(InputError, match="sampling.faint_reference_map='flat'"):
     translate.make_context(config, workdir, None)
 
 
