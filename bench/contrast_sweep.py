@@ -59,7 +59,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from lmi_jax import checkpoints, evaluation, files, host, lmi, reference_map, structure, translate
+from lmi_jax import evaluation, files, host, lmi, reference_map, structure, translate
 from lmi_jax.data import dataset, nifti, phantom
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -276,22 +276,17 @@ def load_config(path: str, source: str, overrides: list[str], split: str,
 # Translation and scores
 
 
-def score_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, int | None, int | None]:
-  """(absolute folder, training step, faint step) of the score model lmi and sdedit use:
-  workdir's latest checkpoint, else the shipped model; faint step is that of the shipped
-  folder's faint-contrast model when lmi may use it (`translate.lmi_model`), else None."""
-  folder = checkpoints.shipped_folder(config, workdir)
-  if folder is None:
-    folder = checkpoints.score_folder(workdir)
-    return os.path.abspath(folder), checkpoints.latest_step(folder), None
-  faint = os.path.join(folder, checkpoints.FAINT_DIR)
-  faint_step = (checkpoints.read_meta(faint)["step"]
-                if os.path.isdir(faint) and config.sampling.faint_below > 0 else None)
-  return os.path.abspath(folder), checkpoints.read_meta(folder)["step"], faint_step
+def score_model(ctx: translate.Context) -> tuple[str, int, int | None]:
+  """(absolute folder, training step, faint step) of the score model lmi and sdedit use, as
+  `translate.load_model` restored it; faint step is that of its faint-contrast model when
+  lmi may use it (`translate.lmi_model`), else None."""
+  faint = ctx.faint is not None and ctx.config.sampling.faint_below > 0
+  return (os.path.abspath(ctx.model_folder), ctx.step,
+          ctx.faint.step if faint else None)
 
 
 def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str,
-                  model: tuple[str, int | None, int | None]) -> str:
+                  model: tuple[str, int, int | None]) -> str:
   """What a method's output depends on besides the variant: lmi and sampling sections, the
   score model (`score_model`: its folder and steps), the split and the slice count."""
   parts = [args.split, str(args.max_slices), config.data.source, method]
@@ -303,7 +298,7 @@ def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, m
 
 def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
                       args: argparse.Namespace, name: str, source: np.ndarray,
-                      methods: tuple[str, ...], model: tuple[str, int | None, int | None]
+                      methods: tuple[str, ...], model: tuple[str, int, int | None]
                       ) -> dict[str, np.ndarray]:
   """Each method's (N, H, W, 1) translation, reusing OUT/outputs/<name>.npz entries made
   with the same settings and score model (`score_model`). Methods keep their index in METHOD_NAMES for their noise key, so a
@@ -525,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
   variants = parse_variants(args.levels, args.noise, args.order)
   needed = () if args.features_only else methods
   split, segmenter, ctx = translate.prepare_split(config, args.workdir, needed)
-  model = score_model(config, args.workdir)
+  model = score_model(ctx)
   made = make_variants(config, split, variants)
   baseline = None
   if args.baseline:

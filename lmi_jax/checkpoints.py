@@ -170,10 +170,9 @@ def shipped_folder(config: ml_collections.ConfigDict, workdir: str) -> str | Non
   return pretrained_folder(config)
 
 
-def load_faint(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int, str] | None:
-  """(variables, step, folder) of the faint-contrast model in the shipped folder used instead
-  of `workdir` (`shipped_folder`, subfolder `FAINT_DIR`), or None when there is none."""
-  folder = shipped_folder(config, workdir)
+def load_faint(config: ml_collections.ConfigDict, folder: str | None) -> tuple[dict, int, str] | None:
+  """(variables, step, folder) of the faint-contrast model in the shipped model `folder`
+  (subfolder `FAINT_DIR`), or None when `folder` is None or holds none."""
   faint = None if folder is None else os.path.join(folder, FAINT_DIR)
   if faint is None or not os.path.isdir(faint):
     return None

@@ -289,8 +289,9 @@ def load_model(ctx: Context, config: ml_collections.ConfigDict, workdir: str) ->
   SDE and LMI settings of `config`; the histogram reference is kept."""
   variables, step = checkpoints.restore_model(config, workdir)
   logging.info("Using EMA parameters of training step %d.", step)
-  folder = checkpoints.shipped_folder(config, workdir) or checkpoints.score_folder(workdir)
-  faint = checkpoints.load_faint(config, workdir)
+  shipped = checkpoints.shipped_folder(config, workdir)
+  folder = shipped or checkpoints.score_folder(workdir)
+  faint = checkpoints.load_faint(config, shipped)
   return dataclasses.replace(ctx, model=create_model(config.model), variables=variables,
                              sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi),
                              config=config, step=step, model_folder=folder,

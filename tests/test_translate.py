@@ -141,7 +141,7 @@ def test_shipped_models_denoise_phantom_slices(config_module, tmp_path):
   config.data.num_test_subjects = 1
   test = load_dataset(config, str(tmp_path))["test"]
   models_shipped = [checkpoints.restore_model(config, str(tmp_path))[0]]  # No checkpoint: the shipped one.
-  faint = checkpoints.load_faint(config, str(tmp_path))
+  faint = checkpoints.load_faint(config, checkpoints.shipped_folder(config, str(tmp_path)))
   assert (faint is not None) == (config_module is phantom_pd2t1_cpu)  # The quick start's model has one.
   models_shipped += [] if faint is None else [faint[0]]
   sde = sdes.sde_from_config(config.sde)
