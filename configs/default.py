@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.root = ""  # Folder of the ixi / nifti volumes (unused by the phantom).
   data.source = "PD"  # Source modality: translated at test time, never seen in training.
   data.target = "T1"  # Target modality: the only one training uses; its grid is the slices' grid.
+  data.source_order = (3, 2, 1)  # source_kmeans: the T1w class (1 CSF, 2 GM, 3 WM) of the source's darkest, middle and brightest cluster: T1w (1, 2, 3); T2w and PDw (3, 2, 1), WM<GM<CSF; FLAIR (1, 3, 2), CSF<WM<GM.
   data.source_glob = ""  # nifti: source files under root (wildcards * ?); "" = "*/<source>.nii*".
   data.target_glob = ""  # nifti: target files; what the wildcards match names the subject.
   data.missing = "error"  # A subject lacking source or target: error | skip (dropped with a warning).

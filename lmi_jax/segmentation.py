@@ -4,7 +4,9 @@ The segmenter is fitted on target training slices (the paper's "trained solely o
 modality") and then applied unchanged to the true target and to every translation. Two
 protocols: the project's (`fit_segmenter`: k tissue classes over the foreground, background
 its own label 0) and the paper's (`fit_paper_segmenter`: k clusters over the whole slice,
-background included).
+background included). `segment_by_order` is the other way round, for the `source_kmeans`
+method: a source volume clustered on its own and its clusters named by the source contrast's
+known tissue order.
 
 Labels are int32 (N, H, W): 0 background, 1..k classes ordered by centroid intensity (for
 T1w and k=3: 1 CSF, 2 GM, 3 WM).
@@ -84,12 +86,18 @@ def fit_kmeans(
     raise InputError(
         f"train_target_slices: fewer than eval.kmeans_clusters={k} distinct intensities above "
         f"eval.background_threshold={background_threshold}; lower the threshold or check the data.")
+  return KMeansSegmenter(_centroids(values, k, seed, max_pixels, n_init), float(background_threshold))
+
+
+def _centroids(values: np.ndarray, k: int, seed: int, max_pixels: int,
+               n_init: int) -> tuple[float, ...]:
+  """Ascending centres of the K-means of (M,) intensities, fitted on at most max_pixels of
+  them drawn with `seed`."""
   rng = np.random.default_rng(seed)
   if values.size > max_pixels:
     values = rng.choice(values, size=max_pixels, replace=False)
   kmeans = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(values[:, None])
-  centroids = np.sort(kmeans.cluster_centers_[:, 0])
-  return KMeansSegmenter(tuple(float(c) for c in centroids), float(background_threshold))
+  return tuple(float(c) for c in np.sort(kmeans.cluster_centers_[:, 0]))
 
 
 def fit_segmenter(config: ml_collections.ConfigDict, train_target: np.ndarray) -> KMeansSegmenter:
@@ -175,3 +183,61 @@ def segment(
   return np.where(foreground, tissue, 0).astype(np.int32)
 
 
+def check_source_order(order: object, k: int) -> tuple[int, ...]:
+  """`data.source_order` as a tuple, checked to name each tissue class 1..k exactly once.
+
+  Entry j is the target class of the source's j-th darkest cluster (for a T1w target and k=3:
+  1 CSF, 2 GM, 3 WM), so T2w and PDw (WM < GM < CSF) are (3, 2, 1) and FLAIR
+  (CSF < WM < GM) is (1, 3, 2).
+  """
+  valid = (isinstance(order, (tuple, list))
+           and all(isinstance(c, int) and not isinstance(c, bool) for c in order)
+           and sorted(order) == list(range(1, k + 1)))
+  if not valid:
+    raise InputError(
+        f"data.source_order = {order!r}: give each tissue class 1..{k} (eval.kmeans_clusters) "
+        "once, the source's darkest cluster's class first; for a T1w target: T2w and PDw "
+        "(3, 2, 1), FLAIR (1, 3, 2), T1w (1, 2, 3).")
+  return tuple(order)
+
+
+def segment_by_order(
+    source: np.ndarray,
+    foreground: np.ndarray,
+    order: tuple[int, ...],
+    seed: int,
+    max_pixels: int = 200_000,
+    n_init: int = 10,
+) -> np.ndarray:
+  """One volume segmented by a K-means of its own intensities, its clusters named by the
+  source contrast's tissue order instead of by a target-contrast model.
+
+  Args:
+    source: (N, H, W, 1) slices of one volume in [0, 1].
+    foreground: (N, H, W) bool, the pixels clustered and labelled (the brain).
+    order: from `check_source_order`; len(order) clusters.
+    seed, max_pixels, n_init: as `fit_kmeans`.
+  Returns:
+    (N, H, W) int32 labels: 0 outside `foreground`, else order[j] for the j-th darkest cluster.
+  """
+  slices = as_slices("source", source)
+  foreground = np.asarray(foreground, dtype=bool)
+  if foreground.shape != slices.shape:
+    raise InputError(f"foreground: shape {foreground.shape} does not match the source's {slices.shape}.")
+  k = len(order)
+  values = slices[foreground]
+  if np.unique(values).size < k:
+    raise InputError(f"source: fewer than {k} distinct intensities in the brain of a volume; "
+                     "it cannot be split into that many tissue classes.")
+  own = KMeansSegmenter(_centroids(values, k, seed, max_pixels, n_init), WHOLE_SLICE)
+  ranks = segment(own, source, foreground)
+  return np.asarray((0, *order), np.int32)[ranks]
+
+
+def labels_to_image(segmenter: KMeansSegmenter, labels: np.ndarray) -> np.ndarray:
+  """(N, H, W) labels 0..k -> (N, H, W, 1) float32 image: class c at segmenter.centroids[c-1],
+  background 0; `segment` with the same segmenter gives the labels back."""
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() > segmenter.k):
+    raise InputError(f"labels: values span {labels.min()}..{labels.max()}, outside 0..{segmenter.k}.")
+  return np.asarray((0.0, *segmenter.centroids), np.float32)[labels][..., None]

@@ -13,6 +13,11 @@ the same shape. They share one signature, `method(context, source, key)`, and on
   perturbed to t0 (Meng et al.).
 - histmatch: the source's histogram matched to the pooled target training histogram.
 - identity: the source as it is.
+- source_kmeans: no translation, the competitor a translation must beat: each source volume
+  segmented by a K-means of its own brain, the clusters named by the source contrast's tissue
+  order (`data.source_order`), drawn at the target K-means' centroids so that scoring
+  segments it back to those names. source_kmeans_best: the same clusters named by the
+  renaming that maximises Dice against the true target (`BEST_NAMING`, an upper bound).
 - cyclegan, stylegan, supervised: the trained baselines of `lmi_jax.baselines` (few-shot
   CycleGAN, StyleGAN2-ADA inversion, and the supervised ceiling, which is not zero-shot),
   their parameters from WORKDIR/baselines/<name>.msgpack or the shipped model folder.
@@ -66,6 +71,12 @@ class Context:
   faint: FaintModel | None = None  # lmi's model for sources of little structure (`lmi_model`).
   progress: sampling.ProgressFn | None = None  # Host callback of the sampler's steps.
   baselines: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # name -> parameters.
+  # Compiled samplers kept across calls (method name -> (pmapped function, its progress)), with
+  # batches of a fixed size so that several volumes compile once; None: equal-size batches,
+  # compiled per call (eval and split sampling, whose documented numbers use them).
+  runners: dict | None = None
+  segmenter: segmentation.KMeansSegmenter | None = None  # The target K-means, whose centroids source_kmeans draws its classes at.
+  volumes: np.ndarray | None = None  # (N,) volume id of each source slice: source_kmeans clusters volume by volume; None: one volume.
 
 
 class StepProgress:
@@ -77,10 +88,15 @@ class StepProgress:
   """
 
   def __init__(self, name: str, steps: int, batches: int, every_s: float = 15.0):
-    self._name, self._steps, self._batches, self._every = name, steps, batches, every_s
-    self._start = time.time()
-    self._batch, self._done, self._last = 0, 0, -np.inf
+    self._name, self._steps, self._every = name, steps, every_s
     self._lock = threading.Lock()
+    self.restart(batches)
+
+  def restart(self, batches: int) -> None:
+    """Start over for a new run of `batches` batches (the compiled sampler is reused)."""
+    with self._lock:
+      self._batches, self._start = batches, time.time()
+      self._batch, self._done, self._last = 0, 0, -np.inf
 
   def start_batch(self, batch: int) -> None:
     with self._lock:
@@ -143,17 +159,28 @@ def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
   its sampler starts (SDEdit's t0), which sets its step count.
   """
   devices = jax.local_device_count()
-  # As few batches as `sampling.batch_size` allows, of equal size: padding a short last
-  # batch up to a full one is wasted work (30 slices at batch size 25 run as 2 x 15).
-  min_batches = -(-len(source) // max(1, int(ctx.config.sampling.batch_size)))
-  per_device = -(-len(source) // (min_batches * devices))
+  batch_size = max(1, int(ctx.config.sampling.batch_size))
+  if ctx.runners is None:
+    # As few batches as `sampling.batch_size` allows, of equal size: padding a short last
+    # batch up to a full one is wasted work (30 slices at batch size 25 run as 2 x 15).
+    min_batches = -(-len(source) // batch_size)
+    per_device = -(-len(source) // (min_batches * devices))
+  else:
+    per_device = -(-batch_size // devices)  # One shape for every call: one compilation.
   batch = per_device * devices
-  # Parameters go in as a broadcast argument rather than as constants baked into the
-  # compiled program, which would make compilation slow for large models.
   num_batches = -(-len(source) // batch)  # Rounding per_device up may need fewer.
-  progress = StepProgress(name, sampling.progress_total(ctx.config.sampling, t_start), num_batches)
-  run = jax.pmap(lambda variables, src, k: fn(
-      dataclasses.replace(ctx, variables=variables, progress=progress), src, k), in_axes=(None, 0, 0))
+  cached = None if ctx.runners is None else ctx.runners.get(name)
+  if cached is None:
+    progress = StepProgress(name, sampling.progress_total(ctx.config.sampling, t_start), num_batches)
+    # Parameters go in as a broadcast argument rather than as constants baked into the
+    # compiled program, which would make compilation slow for large models.
+    run = jax.pmap(lambda variables, src, k: fn(
+        dataclasses.replace(ctx, variables=variables, progress=progress), src, k), in_axes=(None, 0, 0))
+    if ctx.runners is not None:
+      ctx.runners[name] = (run, progress)
+  else:
+    run, progress = cached
+    progress.restart(num_batches)
   outputs, start_time = [], time.time()
   for b in range(num_batches):
     progress.start_batch(b)
@@ -234,17 +261,65 @@ def translate_baseline(name: str, ctx: Context, source: np.ndarray, key: jax.Arr
   return BASELINES[name].translate(ctx.config, ctx.baselines[name], source, key)
 
 
+def source_kmeans(ctx: Context, source: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+  """(N, H, W, 1) sources -> (N, H, W, 1) T1w-like images: each volume (`ctx.volumes`)
+  segmented by `segmentation.segment_by_order` inside its brain, class c drawn at the target
+  K-means' centroid c (`segmentation.labels_to_image`).
+
+  The brain is the non-zero pixels of skull-stripped data (data.mask="nonzero"); other data
+  have no brain mask here, so everything above eval.background_threshold is clustered, scalp
+  and skull included, which makes this a weaker competitor there.
+  """
+  config = ctx.config
+  if ctx.segmenter is None:
+    raise InputError("source_kmeans needs the target K-means (Context.segmenter), which "
+                     "prepare_split fits on the target training slices.")
+  volumes = np.zeros(len(source), np.int32) if ctx.volumes is None else np.asarray(ctx.volumes)
+  if volumes.shape != (len(source),):
+    raise InputError(f"source_kmeans: {len(source)} source slices but volume ids of shape "
+                     f"{volumes.shape} (Context.volumes).")
+  brain = brain_region(config, source)
+  brain = segmentation.foreground_mask(ctx.segmenter, source) if brain is None else brain
+  labels = np.zeros(brain.shape, np.int32)
+  # Each scan has its own gain and bias: one K-means over several would mix their classes.
+  for volume in np.unique(volumes):
+    at = volumes == volume
+    labels[at] = segmentation.segment_by_order(
+        source[at], brain[at], order, int(config.seed),
+        max_pixels=int(config.eval.kmeans_max_pixels), n_init=int(config.eval.kmeans_n_init))
+  return segmentation.labels_to_image(ctx.segmenter, labels)
+
+
+def translate_source_kmeans(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  """`source_kmeans` named by data.source_order; (N, H, W, 1) -> (N, H, W, 1)."""
+  del key
+  order = segmentation.check_source_order(ctx.config.data.source_order,
+                                          int(ctx.config.eval.kmeans_clusters))
+  return source_kmeans(ctx, source, order)
+
+
+def translate_source_ranks(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  """source_kmeans_best before scoring: the clusters named by rank, darkest first, so the
+  renaming that scoring picks (`BEST_NAMING`) is itself the best source order."""
+  del key
+  return source_kmeans(ctx, source, tuple(range(1, int(ctx.config.eval.kmeans_clusters) + 1)))
+
+
 METHODS = {
     "lmi": translate_lmi,
     "sdedit": translate_sdedit,
     "histmatch": translate_histmatch,
     "identity": translate_identity,
+    "source_kmeans": translate_source_kmeans,
+    "source_kmeans_best": translate_source_ranks,
     "cyclegan": functools.partial(translate_baseline, "cyclegan"),
     "stylegan": functools.partial(translate_baseline, "stylegan"),
     "supervised": functools.partial(translate_baseline, "supervised"),
 }
 # Methods that see paired source/target training data: reports mark them as not zero-shot.
 NOT_ZERO_SHOT = ("supervised",)
+# Methods whose classes scoring renames to fit the true target best (evaluation.best_naming).
+BEST_NAMING = ("source_kmeans_best",)
 
 
 def baseline_path(config: ml_collections.ConfigDict, workdir: str, name: str) -> str:
@@ -439,6 +514,7 @@ def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tupl
   segmenters = segmentation.fit_segmenters(config, train_target)
   needs_model = any(m in ("lmi", "sdedit") for m in methods)
   ctx = make_context(config, workdir, train_target, with_model=needs_model)
+  ctx = dataclasses.replace(ctx, segmenter=segmenters.tissue, volumes=split.get("subject"))
   return split, segmenters, load_baselines(ctx, config, workdir, methods)
 
 
@@ -486,14 +562,16 @@ def score_split(config: ml_collections.ConfigDict, outputs: dict[str, np.ndarray
   brain = brain_region(config, split["target"])
   segmenter = segmenters.tissue
   data_range = float(config.eval.data_range)
+  best_named = [m for m in outputs if m in BEST_NAMING]
   report = evaluation.evaluate_methods(outputs, split["target"], segmenter, labels=labels,
                                        data_range=data_range, paper_segmenter=segmenters.paper,
-                                       mask=brain)
+                                       mask=brain, best_named=best_named,
+                                       volumes=split.get("subject"))
   if "exclude" in split:
     region = segmentation.foreground_mask(segmenter, split["target"]) if brain is None else brain
     report["regions"] = {"outside_exclude": evaluation.evaluate_methods(
         outputs, split["target"], segmenter, labels=labels, mask=region & ~split["exclude"],
-        data_range=data_range)}
+        data_range=data_range, best_named=best_named, volumes=split.get("subject"))}
   report["split"] = config.eval.split
   report["not_zero_shot"] = [m for m in outputs if m in NOT_ZERO_SHOT]
   return report

@@ -10,7 +10,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from lmi_jax import evaluation, figures, metrics, segmentation
+from configs import tiny
+from lmi_jax import evaluation, figures, metrics, segmentation, translate
 from lmi_jax.errors import InputError
 
 # Planted tissue intensities (CSF, GM, WM) of the synthetic T1w-like phantom.
@@ -307,3 +308,137 @@ def test_without_labels_or_mask_the_target_sets_the_foreground(segmenter):
   assert report["methods"]["junk"]["dice"]["mean"] == pytest.approx(1.0)
   assert report["methods"]["junk"]["psnr"]["mean"] < 20
   assert report["methods"]["changed"]["dice"]["mean"] < 0.8
+
+
+# Source intensities of the darkest, middle and brightest tissue of the synthetic source.
+SOURCE_LEVELS = (0.2, 0.45, 0.7)
+
+
+def source_like(labels: np.ndarray, order: tuple[int, ...], gain: float = 1.0,
+                seed: int = 0) -> np.ndarray:
+  """(N, H, W) labels 0..3 -> (N, H, W, 1) source whose j-th darkest tissue is class order[j],
+  at SOURCE_LEVELS times `gain`, with noise of std 0.02 times `gain`; background 0."""
+  level = np.zeros(4)
+  for rank, tissue in enumerate(order):
+    level[tissue] = gain * SOURCE_LEVELS[rank]
+  noise = 0.02 * gain * np.random.default_rng(seed).standard_normal(labels.shape)
+  return np.clip(np.where(labels > 0, level[labels] + noise, 0.0), 0, 1)[..., None].astype(np.float32)
+
+
+def source_kmeans_context(order: tuple[int, ...], segmenter: segmentation.KMeansSegmenter,
+                          volumes: np.ndarray | None) -> translate.Context:
+  config = tiny.get_config()
+  config.data.source_order = order
+  config.eval.kmeans_n_init = 3
+  return translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
+                           target_reference=np.zeros(1, np.float32), segmenter=segmenter,
+                           volumes=volumes)
+
+
+def test_source_kmeans_names_each_volumes_clusters_by_the_source_order(segmenter):
+  """A FLAIR-like source (CSF < WM < GM) of two volumes, the second at 0.5 gain so that its
+  brightest tissue is darker than the first's middle one: with data.source_order (1, 3, 2)
+  and clustering per volume the true labels come back; pooled over both they do not."""
+  target, labels = phantom(6, seed=3)
+  flair = (1, 3, 2)
+  source = np.concatenate([source_like(labels[:3], flair, seed=1),
+                           source_like(labels[3:], flair, gain=0.5, seed=2)])
+  volumes = np.array([7, 7, 7, 9, 9, 9])
+  out = translate.METHODS["source_kmeans"](source_kmeans_context(flair, segmenter, volumes),
+                                           source, None)
+  assert out.shape == source.shape and out.dtype == np.float32
+  # Drawn at the target K-means' centroids: the same K-means reads the named classes back.
+  assert set(np.unique(out)) == {0.0, *np.float32(segmenter.centroids)}
+  seg = segmentation.segment(segmenter, out, labels > 0)
+  np.testing.assert_array_equal(seg, labels)
+  report = evaluation.evaluate_methods({"source_kmeans": out}, target, segmenter, labels=labels)
+  assert report["methods"]["source_kmeans"]["dice"]["mean"] == pytest.approx(1.0)
+  pooled = translate.METHODS["source_kmeans"](source_kmeans_context(flair, segmenter, None),
+                                              source, None)
+  pooled_report = evaluation.evaluate_methods({"pooled": pooled}, target, segmenter, labels=labels)
+  assert pooled_report["methods"]["pooled"]["dice"]["mean"] < 0.8
+
+
+def test_a_wrong_source_order_scores_low_and_the_best_naming_recovers_it(segmenter):
+  target, labels = phantom(4, seed=5)
+  source = source_like(labels, (1, 3, 2))
+  wrong = source_kmeans_context((3, 2, 1), segmenter, None)  # The T2w order for a FLAIR.
+  outputs = {"source_kmeans": translate.METHODS["source_kmeans"](wrong, source, None),
+             "source_kmeans_best": translate.METHODS["source_kmeans_best"](wrong, source, None)}
+  report = evaluation.evaluate_methods(outputs, target, segmenter, labels=labels,
+                                       best_named=translate.BEST_NAMING)
+  named, best = report["methods"]["source_kmeans"], report["methods"]["source_kmeans_best"]
+  assert named["dice"]["mean"] < 0.5 and "naming" not in named
+  # source_kmeans_best enters scoring named by rank, so its renaming is the true source order.
+  assert best["naming"] == {"all": [1, 3, 2]}
+  assert best["dice"]["mean"] == pytest.approx(1.0) and best["dice_gt"]["mean"] == pytest.approx(1.0)
+  # The image follows the renaming: each class sits at its T1w centroid, close to the target.
+  assert best["psnr"]["mean"] > named["psnr"]["mean"] + 5
+  assert "source_kmeans_best: its classes renamed (all: 1, 3, 2)" in evaluation.report_markdown(report)
+
+
+def test_the_best_naming_is_chosen_volume_by_volume(segmenter):
+  """Two volumes whose middle and bright tissues swap (grey/white contrast differs between
+  real FLAIRs): each gets its own renaming."""
+  target, labels = phantom(4, seed=6)
+  source = np.concatenate([source_like(labels[:2], (1, 3, 2)), source_like(labels[2:], (1, 2, 3))])
+  ctx = source_kmeans_context((1, 3, 2), segmenter, np.array([0, 0, 1, 1]))
+  out = translate.METHODS["source_kmeans_best"](ctx, source, None)
+  report = evaluation.evaluate_methods({"best": out}, target, segmenter, best_named=("best",),
+                                       volumes=np.array([5, 5, 2, 2]))
+  assert report["methods"]["best"]["naming"] == {"2": [1, 2, 3], "5": [1, 3, 2]}
+  assert report["methods"]["best"]["dice"]["mean"] == pytest.approx(1.0)
+  assert "renamed (volume 2: 1, 2, 3; volume 5: 1, 3, 2)" in evaluation.report_markdown(report)
+  with pytest.raises(InputError, match="volumes"):
+    evaluation.evaluate_methods({"best": out}, target, segmenter, best_named=("best",),
+                                volumes=np.array([5, 5, 2]))
+
+
+def test_best_naming_tries_every_renaming():
+  rng = np.random.default_rng(0)
+  ref = rng.integers(0, 4, size=(3, 8, 8))
+  for naming in [(1, 2, 3), (2, 3, 1), (3, 1, 2)]:
+    pred = np.asarray((0, *np.argsort(naming) + 1))[ref]  # Renamed by `naming` it is `ref`.
+    assert evaluation.best_naming(pred, ref, (1, 2, 3)) == naming
+    np.testing.assert_array_equal(evaluation.rename(pred, naming), ref)
+
+
+@pytest.mark.parametrize("order", [(1, 2, 2), (1, 2), (0, 1, 2), (1, 2, 3, 4), ("1", "2", "3"),
+                                   (1.0, 2.0, 3.0), (True, 2, 3), "132", None])
+def test_a_bad_source_order_names_the_key(order):
+  with pytest.raises(InputError, match="data.source_order"):
+    segmentation.check_source_order(order, 3)
+
+
+def test_source_kmeans_checks_the_configured_order(segmenter):
+  target, labels = phantom(1)
+  ctx = source_kmeans_context((1, 3, 3), segmenter, None)
+  with pytest.raises(InputError, match=r"data.source_order = \(1, 3, 3\)"):
+    translate.METHODS["source_kmeans"](ctx, source_like(labels, (1, 2, 3)), None)
+
+
+def test_eval_scores_source_kmeans_per_subject(tmp_path):
+  """Through --mode=eval's steps: prepare_split hands source_kmeans the split's subject ids and
+  the target K-means; the report gets both rows, the best one with its naming."""
+  config = tiny.get_config()
+  config.data.source_order = (1, 3, 2)
+  config.eval.kmeans_n_init = 3
+  train, _ = phantom(4, seed=1)
+  target, labels = phantom(4, seed=2)
+  source = np.concatenate([source_like(labels[:2], (1, 3, 2)),
+                           source_like(labels[2:], (1, 3, 2), gain=0.5)])
+  split = {"source": source, "target": target, "subject": np.array([3, 3, 8, 8], np.int32)}
+  data = {"train": {"source": train, "target": train}, "val": split, "test": split}
+  methods = translate.check_methods(("source_kmeans", "source_kmeans_best", "identity"))
+  split, segmenters, ctx = translate.prepare_split(config, str(tmp_path), methods, data=data)
+  np.testing.assert_array_equal(ctx.volumes, [3, 3, 8, 8])
+  outputs, _ = translate.run_methods(ctx, methods, split["source"])
+  report = translate.score_split(config, outputs, split, segmenters)
+  entries = report["methods"]
+  assert entries["source_kmeans"]["dice"]["mean"] == pytest.approx(1.0)
+  assert entries["source_kmeans_best"]["dice"]["mean"] == pytest.approx(1.0)
+  assert entries["source_kmeans_best"]["naming"] == {"3": [1, 3, 2], "8": [1, 3, 2]}
+  assert entries["identity"]["dice"]["mean"] < 0.9
+  paths = evaluation.write_report(report, str(tmp_path))
+  with open(paths["csv"]) as f:
+    assert [row["method"] for row in csv.DictReader(f)] == list(methods)
