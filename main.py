@@ -8,13 +8,16 @@ Any config key can be overridden, e.g. --config.training.batch_size=8; a misspel
 error. Bad input (files, folders, config values) ends with a one-line message and status 2.
 """
 
+import os
 import sys
+import threading
+from collections.abc import Callable
 
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, files, host, train, translate
+from lmi_jax import evaluation, files, host, scans, settings, train, translate
 from lmi_jax.errors import InputError, one_line
 
 FLAGS = flags.FLAGS
@@ -24,7 +27,8 @@ flags.DEFINE_string("workdir", None, "Folder of the run: config, checkpoints, ev
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
                   "train: fit the model of --config.training.method (score, or a baseline); "
                   "sample: translate --input; eval: test-split report.")
-flags.DEFINE_string("input", None, "Source NIfTI volume to translate (--mode=sample).")
+flags.DEFINE_multi_string("input", None, "Scans to translate (--mode=sample): NIfTI files, folders "
+                          "of them, DICOM series folders or globs; repeat the flag for several.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -60,11 +64,38 @@ def split_commas(config: ml_collections.ConfigDict) -> None:
 
 MODES = {
     "train": train.train,
-    "sample": lambda config, workdir: translate.sample(config, workdir, FLAGS.input),
+    "sample": lambda config, workdir: (scans.sample_scans(config, workdir, FLAGS.input)
+                                       if FLAGS.input else translate.sample(config, workdir)),
     # The table goes to stdout as well as to WORKDIR/eval/report.md.
     "eval": lambda config, workdir: print(evaluation.report_markdown(
         translate.evaluate(config, workdir))),
 }
+
+
+def interruptible(work: Callable[[], object]) -> None:
+  """Runs `work` in a worker thread so that Ctrl-C ends the run within a second: a compiled
+  sampler holds the main thread until its batch ends (minutes), a worker thread does not hold
+  it. On Ctrl-C the temporary files being written are removed, one line says so, and the
+  process ends at once with status 130 (outputs are whole or absent)."""
+  outcome: dict[str, BaseException] = {}
+
+  def target() -> None:
+    try:
+      work()
+    except BaseException as error:  # Re-raised in the main thread, where it is reported.
+      outcome["error"] = error
+  worker = threading.Thread(target=target, daemon=True)
+  worker.start()
+  try:
+    while worker.is_alive():
+      worker.join(0.2)
+  except KeyboardInterrupt:
+    files.remove_temporaries()
+    print("error: interrupted (Ctrl-C); outputs already written are whole, nothing half-written "
+          "is left; run the same command again to redo the rest.", file=sys.stderr, flush=True)
+    os._exit(130)
+  if "error" in outcome:
+    raise outcome["error"]
 
 
 def run(argv: list[str]) -> None:
@@ -81,9 +112,13 @@ def run(argv: list[str]) -> None:
     sys.exit(2)
   host.split_host(host_devices)
   try:
+    if not FLAGS.workdir.strip():
+      raise InputError("--workdir is empty; give the folder for the run's checkpoints and outputs "
+                       "(e.g. --workdir=workdir/my_run).")
     split_commas(config)
+    settings.check_config(config)
     files.prepare_dir(FLAGS.workdir)
-    MODES[FLAGS.mode](config, FLAGS.workdir)
+    interruptible(lambda: MODES[FLAGS.mode](config, FLAGS.workdir))
   except InputError as error:
     print(f"error: {one_line(error)}", file=sys.stderr)
     sys.exit(2)

@@ -6,7 +6,7 @@
 The averages carry skull; the brain is where the SPM tissue priors (grey + white + csf) sum
 to more than 0.5, and both avg152PD and avg152T1 are cut to it, as a skull-stripping tool
 would. avg152PD is translated with each config's model (its workdir checkpoint, else the
-shipped one) and segmented by the model's own K-means (`translate.translate_volume`). Scores,
+shipped one) and segmented by the model's own K-means (`scans.sample_scans`, as --mode=sample --input). Scores,
 inside the brain: PSNR and SSIM against avg152T1 normalised as the model's data are (axial
 slices that hold brain, SSIM masked to the brain), and Dice of the segmentation against the
 priors' arg-max (1 CSF, 2 GM, 3 WM), mean over the three classes. Rows `identity` (the
@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import figures, host, metrics, sampling, segmentation, translate
+from lmi_jax import figures, host, metrics, sampling, scans, segmentation, translate
 from lmi_jax.data import slices as slicing
 from lmi_jax.files import atomic_path
 
@@ -66,7 +66,8 @@ def main(argv: list[str]) -> None:
     nib.save(nib.Nifti1Image((pd_image.get_fdata() * brain).astype(np.float32), pd_image.affine),
              temporary)
   start = time.time()
-  out_path, seg_path = translate.translate_volume(config, workdir, pd_path)
+  outputs = scans.sample_scans(config, workdir, [pd_path])[0]["outputs"]
+  out_path, seg_path = outputs["translated.nii.gz"], outputs["segmentation.nii.gz"]
   seconds = time.time() - start
   normalise = lambda image: slicing.normalize(image * brain, config.data.p_lo, config.data.p_hi,
                                               "nonzero")

@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.p_lo = 0.0  # Percentile of all voxels mapped to 0 (0: the minimum, the background).
   data.p_hi = 99.5  # Percentile of the foreground (Otsu) voxels mapped to 1; above is clipped.
   data.mask = "none"  # none | foreground: zero all but the largest foreground component, holes filled | nonzero: skull-stripped, the brain is the non-zero voxels.
+  data.brain_extraction = "auto"  # --input: auto (extract the brain of raw heads when data.mask="nonzero") | on (every scan) | off (refuse heads).
+  data.brain_margin_mm = 4.0  # Growth of the registered MNI152 brain mask (mm), chosen on 10 IXI validation heads (bench/brain_extraction.py).
+  data.dicom_series = ""  # --input DICOM folder with several series: the description or UID of the one to translate.
   data.phantom = ml_collections.ConfigDict()  # The embedded phantom's subject variation (lmi_jax/data/phantom.py).
   data.phantom.voxel_mm = 1.5  # Isotropic voxel size of the phantom volumes (the anatomy is 1 mm).
   data.phantom.rotation_deg = 5.0  # Largest random head rotation about each axis.

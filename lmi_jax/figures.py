@@ -98,3 +98,43 @@ def plot_rows(rows: Mapping[str, np.ndarray], path: str, max_columns: int = 8) -
     row[0].set_ylabel(name)
   fig.tight_layout()
   _save_png(fig, path)
+
+
+def plot_qc(source: np.ndarray, brain: np.ndarray, translation: np.ndarray, labels: np.ndarray,
+            spacing: np.ndarray, path: str, title: str = "") -> None:
+  """The QC picture of one translated volume: axial, coronal and sagittal views (rows) through
+  the brain's centre of the source, its brain mask, the translation and the segmentation.
+
+  Args:
+    source, translation: (X, Y, Z) canonical (RAS) float volumes on one grid.
+    brain: (X, Y, Z) bool; labels: (X, Y, Z) int tissue classes (0 background).
+    spacing: (3,) voxel sizes in mm, so each view has the head's true proportions.
+  """
+  centre = np.round(np.argwhere(brain).mean(0)).astype(int) if brain.any() else np.array(source.shape) // 2
+  top = float(np.percentile(source[brain], 99.5)) if brain.any() else float(source.max())
+  views = {  # name -> (cut of a volume, aspect of the shown image: row mm / column mm)
+      "axial": (lambda v: np.rot90(v[:, :, centre[2]]), spacing[1] / spacing[0]),
+      "coronal": (lambda v: np.rot90(v[:, centre[1], :]), spacing[2] / spacing[0]),
+      "sagittal": (lambda v: np.rot90(v[centre[0], :, :]), spacing[2] / spacing[1]),
+  }
+  fig = Figure(figsize=(8.0, 6.4), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(3, 4, squeeze=False)
+  for row, (name, (cut, aspect)) in zip(axes, views.items()):
+    shown = cut(source) / max(top, np.finfo(np.float32).tiny)
+    row[0].imshow(shown, cmap="gray", vmin=0, vmax=1, aspect=aspect)
+    row[1].imshow(shown, cmap="gray", vmin=0, vmax=1, aspect=aspect)
+    row[1].imshow(np.ma.masked_where(~cut(brain), cut(brain)), cmap="autumn", alpha=0.4, aspect=aspect)
+    row[2].imshow(cut(translation), cmap="gray", vmin=0, vmax=1, aspect=aspect)
+    row[3].imshow(cut(labels), cmap="viridis", vmin=0, vmax=max(int(labels.max()), 1),
+                  interpolation="nearest", aspect=aspect)
+    row[0].set_ylabel(name)
+    for ax in row:
+      ax.set_xticks([])
+      ax.set_yticks([])
+  for ax, heading in zip(axes[0], ("source", "brain mask", "translation", "segmentation")):
+    ax.set_title(heading, fontsize=10)
+  if title:
+    fig.suptitle(title if len(title) < 90 else "..." + title[-87:], fontsize=9)
+  fig.tight_layout()
+  _save_png(fig, path)

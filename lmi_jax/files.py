@@ -30,7 +30,15 @@ def temporary_sibling(path: str) -> str:
   """An unused name beside `path` that ends with its name: ".tmp-<random>-<name>" (writers
   that choose a format by the ending, such as ".nii.gz" or ".npz", still see it)."""
   directory, name = os.path.split(os.path.abspath(path))
-  return os.path.join(directory, f".tmp-{uuid.uuid4().hex[:12]}-{name}")
+  prefix = f".tmp-{uuid.uuid4().hex[:12]}-"
+  while len((prefix + name).encode()) > 255:  # A file name's limit; the ending is what counts.
+    name = name[1:]
+  return os.path.join(directory, prefix + name)
+
+
+# Temporary files being written now, so that an interrupted process can remove them before it
+# ends (`remove_temporaries`): a process-wide fact, like its open files.
+_WRITING: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -39,6 +47,7 @@ def atomic_path(path: str) -> Iterator[str]:
   renamed to `path`, or removed if the block raised. The folder is created."""
   prepare_dir(os.path.dirname(os.path.abspath(path)))
   tmp = temporary_sibling(path)
+  _WRITING.add(tmp)
   try:
     yield tmp
     os.replace(tmp, path)
@@ -46,6 +55,15 @@ def atomic_path(path: str) -> Iterator[str]:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+  finally:
+    _WRITING.discard(tmp)
+
+
+def remove_temporaries() -> None:
+  """Removes the temporary files of writes in progress (`atomic_path`), for an interrupted run."""
+  for tmp in list(_WRITING):
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
 
 
 def atomic_write(path: str, data: bytes) -> None:

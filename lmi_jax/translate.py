@@ -25,7 +25,6 @@ the same shape. They share one signature, `method(context, source, key)`, and on
 
 import dataclasses
 import functools
-import json
 import os
 import threading
 import time
@@ -43,7 +42,7 @@ from skimage import exposure
 from lmi_jax import (checkpoints, evaluation, figures, files, lmi, reference_map, sampling,
                      segmentation, structure)
 from lmi_jax.baselines import BASELINES, common as baseline_files
-from lmi_jax.data import load_dataset, nifti
+from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 from lmi_jax.models import create_model, lmi_score, unconditional_score
 from lmi_jax.sde import SDE, sde_from_config
@@ -435,56 +434,12 @@ def source_structure(config: ml_collections.ConfigDict, source: np.ndarray, name
           "structure_threshold": structure.THRESHOLD, "structure_warning": warning}
 
 
-def translate_volume(config: ml_collections.ConfigDict, workdir: str,
-                     input_path: str) -> tuple[str, str]:
-  """`--mode=sample --input=`: the axial slices of a volume that hold brain, translated with
-  `lmi`, written back on its grid, and segmented by the model's K-means (`stored_segmenter`).
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """`--mode=sample` without --input: translates the `eval.split` of the data set with `lmi`
+  (scans given with --input go through `lmi_jax.scans`).
 
-  Needs only the model, not the data set (unless a K-means must be fitted once). With
-  data.mask="nonzero" (skull-stripped input) the output is zero outside the input's brain.
-
-  Returns:
-    The paths of WORKDIR/samples/<name>_translated.nii.gz (float32, the target contrast in
-    [0, 1]) and <name>_segmentation.nii.gz (uint8: 0 background, 1..k tissue classes by
-    ascending intensity, for T1w 1 CSF, 2 GM, 3 WM).
+  Returns the path of the translation written: WORKDIR/samples/<split>.npz (with a .png beside it).
   """
-  slices, geometry = nifti.load_slices(input_path, config.data, brain_only=True)
-  structure_report = source_structure(config, slices, input_path)
-  logging.info("%s: translating the %d axial slices that hold brain.", input_path, len(slices))
-  ctx = lmi_model(make_context(config, workdir, None), slices)
-  segmenter = stored_segmenter(config, workdir)
-  translated = translate_lmi(ctx, slices, sampling_key(config))
-  translated = inside_source_brain(config, slices, translated)
-  name = os.path.basename(input_path).split(".nii")[0]
-  out_dir = os.path.join(workdir, "samples")
-  out_path = os.path.join(out_dir, f"{name}_translated.nii.gz")
-  seg_path = os.path.join(out_dir, f"{name}_segmentation.nii.gz")
-  if config.data.mask == "nonzero":
-    brain = nifti.read_like_file(input_path) != 0
-    volume = nifti.write_translation(translated[..., 0], geometry, out_path, keep=brain)
-    foreground = brain & (volume > 0)
-  else:
-    volume = nifti.write_translation(translated[..., 0], geometry, out_path)
-    foreground = volume > segmenter.background_threshold
-  labels = segmentation.segment(segmenter, volume[..., None], foreground)
-  nifti.write_like(labels, input_path, seg_path, np.uint8)
-  files.atomic_write(os.path.join(out_dir, f"{name}_translated.json"), json.dumps(
-      {"input": input_path, "slices": len(slices), "model": ctx.model_folder,
-       "model_step": ctx.step, **structure_report},
-      indent=2).encode())
-  logging.info("Wrote %s and %s (%d slices translated).", out_path, seg_path, len(slices))
-  return out_path, seg_path
-
-
-def sample(config: ml_collections.ConfigDict, workdir: str, input_path: str | None = None) -> str:
-  """`--mode=sample`: translates the volume at `input_path` (`translate_volume`), or the
-  `eval.split` of the data set, with `lmi`.
-
-  Returns the path of the translation written: WORKDIR/samples/<input name>_translated.nii.gz,
-  or WORKDIR/samples/<split>.npz (with a .png beside it).
-  """
-  if input_path:
-    return translate_volume(config, workdir, input_path)[0]
   out_dir = os.path.join(workdir, "samples")
   key = sampling_key(config)
   data = load_dataset(config, workdir)

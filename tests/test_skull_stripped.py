@@ -12,53 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from configs import default, tiny
-from lmi_jax import segmentation, train, translate
-from lmi_jax.data import load_dataset, phantom
+from brats_cases import brats_like, save
+from lmi_jax import segmentation, translate
+from lmi_jax.data import load_dataset
 from lmi_jax.data import slices as slicing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LPS = np.diag([-4.0, -4.0, 4.0, 1.0])  # BraTS files are LPS; 4 mm voxels keep them tiny.
-
-
-def save(path, volume, affine=LPS):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  nib.save(nib.Nifti1Image(np.asarray(volume, np.float32), affine), str(path))
-  return str(path)
-
-
-@pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-  """Four subjects: <root>/case_i/{T1, FLAIR, GT_W}.nii.gz, background exactly 0."""
-  root = tmp_path_factory.mktemp("cases")
-  data = default.get_config().data
-  data.phantom.voxel_mm = 4.0
-  for i in range(4):
-    head = phantom.phantom_subject(20 + i, data, ("T1", "T2"))
-    brain = head["labels"] > 0
-    # Flip x and y: the files are LPS, the phantom RAS; values scale like scanner units.
-    flip = lambda v: v[::-1, ::-1, :]
-    tumour = np.zeros_like(brain)
-    centre = np.array(brain.shape) // 2
-    tumour[centre[0]:centre[0] + 4, centre[1] - 2:centre[1] + 2, :] = True  # A column: every slice.
-    tumour &= brain
-    save(root / f"case_{i}" / "T1.nii.gz", flip(300.0 * (1 + i) * head["T1"] * brain))
-    save(root / f"case_{i}" / "FLAIR.nii.gz", flip(200.0 * head["T2"] * brain))
-    save(root / f"case_{i}" / "GT_W.nii.gz", flip(tumour))
-  return root
-
-
-def brats_like(root, **overrides):
-  config = tiny.get_config()
-  data = config.data
-  data.dataset, data.root, data.source, data.target = "nifti", str(root), "FLAIR", "T1"
-  data.exclude_glob, data.mask, data.slice_select = "*/GT_W.nii*", "nonzero", "brain"
-  data.min_brain_fraction, data.slices_per_subject = 0.5, 4
-  data.num_train_subjects, data.num_val_subjects, data.num_test_subjects = 2, 1, 1
-  config.eval.methods = ("lmi", "identity")
-  for key, value in overrides.items():
-    data[key] = value
-  return config
 
 
 def test_brain_slices_spread_over_the_slices_with_enough_brain():
@@ -107,18 +66,6 @@ def test_a_raw_head_is_refused_as_not_skull_stripped(cases, tmp_path):
   with pytest.raises(ValueError, match="raw.nii.gz: only 0.0% of its voxels are 0"):
     from lmi_jax.data import nifti
     nifti.load_slices(path, brats_like(cases).data, brain_only=True)
-
-
-@pytest.fixture(scope="module")
-def trained_on_cases(cases, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = brats_like(cases)
-  config.training.num_steps = 4
-  config.training.sample_every = 0
-  config.sampling.num_steps = 4
-  config.sampling.batch_size = 4
-  train.train_score_model(config, workdir)
-  return config, workdir
 
 
 def test_eval_scores_the_brain_and_the_brain_outside_the_tumour(trained_on_cases):

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lmi_jax import files
+from lmi_jax import brain_extraction, files
 from lmi_jax.data import nifti, phantom
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError, key_checker
@@ -55,6 +55,12 @@ def check_data_config(data: ml_collections.ConfigDict) -> None:
   require(data.slice_select in SLICE_SELECTS, "slice_select", f"choose one of {SLICE_SELECTS}")
   require(0.0 < data.min_brain_fraction <= 1.0, "min_brain_fraction", "use a fraction in (0, 1]")
   require(data.missing in ("error", "skip"), "missing", "choose 'error' or 'skip'")
+  require(data.brain_extraction in brain_extraction.MODES, "brain_extraction",
+          f"choose one of {brain_extraction.MODES}")
+  margin = data.brain_margin_mm
+  require(isinstance(margin, (int, float)) and not isinstance(margin, bool) and 0 <= margin <= 30,
+          "brain_margin_mm", "use a number of millimetres in [0, 30]")
+  require(isinstance(data.dicom_series, str), "dicom_series", "give a series description or UID")
   require(data.num_test_subjects >= 0, "num_test_subjects", "use a count >= 0")
   require(data.num_val_subjects >= 0, "num_val_subjects", "use a count >= 0")
   if data.dataset == "phantom":

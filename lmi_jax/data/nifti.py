@@ -11,6 +11,7 @@ affine and header (see `lmi_jax.data.slices` for the geometry).
 
 import dataclasses
 import glob
+import gzip
 import os
 import re
 import zlib
@@ -30,20 +31,54 @@ from lmi_jax.errors import InputError
 # IXI<id>-<site>-<num>-<MOD>.nii.gz; DTI files carry an extra -<direction> suffix.
 IXI_NAME = re.compile(r"IXI(\d+)-([A-Za-z]+)-(\d+)-([A-Za-z0-9]+)(?:-\d+)?\.nii(?:\.gz)?")
 _NII_SUFFIX = re.compile(r"\.nii(?:\.gz|\*)?$")
+# Names nibabel reads by their extension; any other name is read by its content as NIfTI-1.
+_KNOWN_EXTENSION = re.compile(r"\.(nii|nii\.gz|mgz|mgh|hdr|img|hdr\.gz|img\.gz|mnc|par|rec)$",
+                              re.IGNORECASE)
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (ITK's world convention); its own inverse.
 
 
-def _open(path: str) -> nib.Nifti1Image:
+def _open(path: str) -> nib.spatialimages.SpatialImage:
+  """The image at `path` (NIfTI, or any format nibabel reads: .mgz, Analyze .hdr/.img), with
+  a usable affine; a NIfTI file without a known extension is read by its content."""
   if os.path.isdir(path):
     raise InputError(f"{path}: is a folder, not a file; give one .nii or .nii.gz volume.")
-  if not os.path.isfile(path):
+  if not os.path.exists(path):
     raise InputError(f"{path}: no such file; check data.root and the file patterns.")
+  if not os.path.isfile(path):
+    raise InputError(f"{path}: not a regular file (a device, pipe or socket); give a .nii or "
+                     ".nii.gz file saved on disk.")
   try:
-    return nib.load(path)
+    image = nib.load(path)
+  except nib.filebasedimages.ImageFileError as exc:
+    if _KNOWN_EXTENSION.search(path):
+      raise InputError(f"{path}: not a readable NIfTI file ({exc}); re-download or re-export it."
+                       ) from exc
+    image = _by_content(path, exc)
   except _READ_ERRORS as exc:
     raise InputError(f"{path}: not a readable NIfTI file ({exc}); re-download or re-export it."
                      ) from exc
+  affine = np.asarray(image.affine, float)
+  if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+    raise InputError(f"{path}: its header's affine (voxel-to-world matrix) is "
+                     f"{'not finite' if not np.all(np.isfinite(affine)) else 'singular'}, so the "
+                     "voxels have no place in space; fix the header's qform/sform (e.g. re-export "
+                     "from the scanner's DICOM) and try again.")
+  return image
+
+
+def _by_content(path: str, error: Exception) -> nib.Nifti1Image:
+  """A NIfTI-1 file whose name nibabel does not recognise (no .nii extension), by its bytes."""
+  try:
+    with open(path, "rb") as f:
+      blob = f.read()
+    if blob[:2] == b"\x1f\x8b":
+      blob = gzip.decompress(blob)
+    return nib.Nifti1Image.from_bytes(blob)
+  except (*_READ_ERRORS, gzip.BadGzipFile, nib.wrapstruct.WrapStructError,
+          nib.spatialimages.HeaderDataError) as exc:
+    raise InputError(f"{path}: not a readable NIfTI file ({error}); give a .nii or .nii.gz "
+                     "volume (or .mgz, Analyze .hdr/.img), or re-export it.") from exc
 
 
 def _spatial_shape(image: nib.Nifti1Image, path: str) -> tuple[int, int, int]:
@@ -70,11 +105,14 @@ def load_volume(path: str, allow_constant: bool = False) -> tuple[np.ndarray, np
   image = _open(path)
   shape = _spatial_shape(image, path)
   try:
-    data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+      data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
   except _READ_ERRORS as exc:
     raise InputError(f"{path}: voxel data cannot be read ({exc}); the file is corrupt or truncated, "
                      "re-download or re-export it.") from exc
   bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+  if bad:
+    _check_scaling(image, path)
   if bad:
     raise InputError(f"{path}: {bad} NaN/Inf voxels; replace them (e.g. by 0) before use.")
   if data.size == 0 or (data.min() == data.max() and not allow_constant):
@@ -83,6 +121,22 @@ def load_volume(path: str, allow_constant: bool = False) -> tuple[np.ndarray, np
   ornt = orientations.io_orientation(image.affine)  # Array axes -> RAS, flips and permutations.
   affine = image.affine @ orientations.inv_ornt_aff(ornt, shape)
   return np.ascontiguousarray(orientations.apply_orientation(data, ornt)), affine
+
+
+def _check_scaling(image: nib.spatialimages.SpatialImage, path: str) -> None:
+  """Raise InputError when non-finite voxels come from the header's scale factors, not the
+  stored values (e.g. an scl_slope that overflows float32)."""
+  try:
+    raw = np.asarray(image.dataobj.get_unscaled())
+  except (AttributeError, *_READ_ERRORS):
+    return
+  if np.issubdtype(raw.dtype, np.floating) and not np.all(np.isfinite(raw)):
+    return
+  slope = getattr(image.dataobj, "slope", 1.0)
+  inter = getattr(image.dataobj, "inter", 0.0)
+  raise InputError(f"{path}: its stored voxels are finite but its header's scale factors "
+                   f"(scl_slope={slope:g}, scl_inter={inter:g}) make them overflow float32; fix "
+                   "scl_slope / scl_inter in the header (e.g. set them to 1 and 0).")
 
 
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:
@@ -237,7 +291,7 @@ def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[in
   return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-3)
 
 
-def _to_sitk(volume: np.ndarray, affine: np.ndarray) -> "SimpleITK.Image":
+def to_sitk(volume: np.ndarray, affine: np.ndarray) -> "SimpleITK.Image":
   """A SimpleITK image with the volume's geometry in ITK's LPS world."""
   import SimpleITK as sitk  # Only registration needs it: a 50 MB install (GPU images lack it).
   spacing = voxel_sizes(affine)
@@ -263,8 +317,8 @@ def rigid_registration(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.n
     (4, 4) RAS world transform taking a point of the fixed image to the matching point of the
     moving image (world_moving = T @ world_fixed).
   """
-  import SimpleITK as sitk  # See _to_sitk.
-  fixed_image, moving_image = _to_sitk(fixed, fixed_affine), _to_sitk(moving, moving_affine)
+  import SimpleITK as sitk  # See to_sitk.
+  fixed_image, moving_image = to_sitk(fixed, fixed_affine), to_sitk(moving, moving_affine)
   finest = float(voxel_sizes(fixed_affine).min())
   shrinks = sorted({max(1, round(level / finest)) for level in (4.0, 2.0, 1.0)}, reverse=True)
   samples = 50_000  # Enough for a stable MI estimate; constant cost per level.
@@ -337,7 +391,8 @@ def check_skull_stripped(volume: np.ndarray, path: str, data: ml_collections.Con
     raise InputError(
         f"{path}: only {zero_share:.1%} of its voxels are 0, so it is not a skull-stripped brain "
         "(data.mask='nonzero' takes the brain as the non-zero voxels); skull-strip it first "
-        "(e.g. FSL BET, HD-BET, SynthStrip) or use a model trained with data.mask='foreground'.")
+        "(e.g. FSL BET, HD-BET, SynthStrip), or with --mode=sample --input let lmi_jax extract "
+        "the brain (data.brain_extraction='auto').")
 
 
 # In a scan most tissue voxels lie inside the tissue (their 4 in-plane neighbours are tissue
@@ -363,10 +418,20 @@ def check_anatomy(volume: np.ndarray, path: str, data: ml_collections.ConfigDict
 def load_slices(path: str, data: ml_collections.ConfigDict,
                 slice_indices: Sequence[int] | None = None,
                 brain_only: bool = False) -> tuple[np.ndarray, SliceGeometry]:
-  """Normalised axial slices of one volume on its own canonical grid, ready to translate.
+  """Normalised axial slices of one skull-stripped (data.mask="nonzero") or whole volume on its
+  own canonical grid: `volume_slices` of the checked file."""
+  volume, affine = load_volume(path)
+  check_skull_stripped(volume, path, data)
+  return volume_slices(volume, affine, path, data, slice_indices, brain_only)
+
+
+def volume_slices(volume: np.ndarray, affine: np.ndarray, path: str,
+                  data: ml_collections.ConfigDict, slice_indices: Sequence[int] | None = None,
+                  brain_only: bool = False) -> tuple[np.ndarray, SliceGeometry]:
+  """Normalised axial slices of a canonical volume, ready to translate.
 
   Args:
-    path: a 3D NIfTI file.
+    volume, affine: (X, Y, Z) canonical (RAS) volume of the file at `path` and its affine.
     data: the `data` config section (image_size, p_lo, p_hi, mask).
     slice_indices: axial indices of the canonical grid; None for all of them, or with
       `brain_only` for those whose tissue area (`slicing.brain`) is at least 1% of the
@@ -375,8 +440,6 @@ def load_slices(path: str, data: ml_collections.ConfigDict,
     (N, image_size, image_size, 1) float32 in [0, 1], and the geometry `write_translation`
     needs to put N translated slices back.
   """
-  volume, affine = load_volume(path)
-  check_skull_stripped(volume, path, data)
   check_anatomy(volume, path, data)
   if slice_indices is not None:
     indices = np.asarray(slice_indices)
@@ -389,18 +452,36 @@ def load_slices(path: str, data: ml_collections.ConfigDict,
   return slices[..., None], SliceGeometry(path, tuple(int(z) for z in indices))
 
 
-def read_like_file(path: str) -> np.ndarray:
-  """The voxels of a 3D NIfTI file in the file's own axis order, (X, Y, Z) float32."""
+def _orientation(path: str) -> tuple[np.ndarray, tuple[int, int, int]]:
   image = _open(path)
-  return np.asarray(image.get_fdata(dtype=np.float32)).reshape(_spatial_shape(image, path))
+  return orientations.io_orientation(image.affine), _spatial_shape(image, path)
+
+
+def to_file_order(volume: np.ndarray, path: str) -> np.ndarray:
+  """A canonical (RAS) volume of the file at `path` in the file's own axis order."""
+  ornt, shape = _orientation(path)
+  back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), ornt)
+  return orientations.apply_orientation(volume, back).reshape(shape)
+
+
+def to_canonical(volume: np.ndarray, path: str) -> np.ndarray:
+  """A volume in the axis order of the file at `path`, reoriented as `load_volume` reorients."""
+  ornt, shape = _orientation(path)
+  return orientations.apply_orientation(np.reshape(volume, shape), ornt)
 
 
 def write_like(volume: np.ndarray, reference: str, out_path: str, dtype: type = np.float32) -> None:
-  """Write `volume` (the reference file's own axis order and grid) with its affine and header."""
+  """Write `volume` (the reference file's own axis order and grid) as NIfTI with its affine, and
+  its header when the reference is NIfTI too (.mgz or Analyze references give a new header)."""
   image_in = _open(reference)
-  header = image_in.header.copy()
-  header.set_data_dtype(dtype)
-  image = type(image_in)(np.asarray(volume, dtype).reshape(image_in.shape), image_in.affine, header)
+  data = np.asarray(volume, dtype).reshape(_spatial_shape(image_in, reference))
+  if isinstance(image_in, (nib.Nifti1Image, nib.Nifti2Image)):
+    header = image_in.header.copy()
+    header.set_data_dtype(dtype)
+    image = type(image_in)(data.reshape(image_in.shape), image_in.affine, header)
+  else:
+    image = nib.Nifti1Image(data, image_in.affine)
+    image.header.set_data_dtype(dtype)
   image.header.set_slope_inter(1.0, 0.0)
   with files.atomic_path(out_path) as temporary:
     image.to_filename(temporary)
@@ -430,8 +511,7 @@ def write_translation(slices: np.ndarray, reference: str | SliceGeometry, out_pa
     reference = SliceGeometry(reference, ())
   path = reference.reference_path
   image_in = _open(path)
-  shape = _spatial_shape(image_in, path)
-  ornt = orientations.io_orientation(image_in.affine)
+  ornt, shape = orientations.io_orientation(image_in.affine), _spatial_shape(image_in, path)
   canonical_shape = tuple(int(shape[int(axis)]) for axis in np.argsort(ornt[:, 0]))
   canonical_affine = image_in.affine @ orientations.inv_ornt_aff(ornt, shape)
   slices = np.asarray(slices, np.float32).reshape(len(slices), *np.shape(slices)[1:3])
@@ -439,8 +519,7 @@ def write_translation(slices: np.ndarray, reference: str | SliceGeometry, out_pa
   if len(indices) != len(slices):
     raise ValueError(f"{len(slices)} slices for {len(indices)} axial positions of {path}.")
   volume = slicing.slices_to_volume(slices, canonical_shape, voxel_sizes(canonical_affine), indices)
-  back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), ornt)
-  volume = orientations.apply_orientation(volume, back).reshape(shape)
+  volume = to_file_order(volume, path)
   if keep is not None:
     volume = volume * keep
   write_like(volume, path, out_path)

@@ -1,0 +1,281 @@
+"""`--mode=sample --input=`: scans as they come, translated one after another with one model.
+
+An input is a NIfTI file (or any format nibabel reads: .mgz, Analyze), a folder of them, a
+folder holding one DICOM series, or a glob; several may be given. Every scan is brought to a
+brain (`prepare_scan`): a skull-stripped scan keeps its own, whatever its constant background;
+a raw head has its brain extracted (`lmi_jax.brain_extraction`, data.brain_extraction). The
+brain's axial slices are translated with `lmi`, written back on the input's grid and segmented
+by the model's K-means; a QC picture shows all of it. The model is loaded and compiled once.
+
+Outputs, in WORKDIR/samples/, for an input named <name> (its file name without extension, or
+its folder's for DICOM; inputs of the same name get their parent folders' names in front):
+<name>_translated.nii.gz, <name>_segmentation.nii.gz, <name>_brainmask.nii.gz,
+<name>_qc.png, <name>_translated.json, and for DICOM <name>_source.nii.gz (the series as NIfTI,
+the grid of every output).
+"""
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lmi_jax import brain_extraction, figures, files, segmentation, translate
+from lmi_jax.data import dicom, nifti
+from lmi_jax.data import slices as slicing
+from lmi_jax.errors import InputError
+
+_EXTENSIONS = re.compile(r"\.(nii\.gz|nii|mgz|mgh|hdr|img|hdr\.gz|img\.gz)$", re.IGNORECASE)
+_IMAGE_GLOBS = ("*.nii", "*.nii.gz", "*.mgz", "*.mgh", "*.hdr")
+_OUTPUTS = ("_translated.nii.gz", "_segmentation.nii.gz", "_brainmask.nii.gz", "_qc.png",
+            "_translated.json", "_source.nii.gz")
+# A file name of at most 255 bytes must hold the longest output and a temporary prefix
+# (files.temporary_sibling: ".tmp-<12 hex>-").
+_MAX_NAME = 255 - max(len(o) for o in _OUTPUTS) - 18
+# Fewer distinct values than this inside the brain: a label map or mask, not a scan.
+_MIN_DISTINCT = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+  """One input: a file, or a folder holding a DICOM series, and the name of its outputs."""
+  path: str
+  name: str
+  is_dicom: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedScan:
+  """A scan brought to a brain, canonical (RAS), with where it came from."""
+  reference: str  # The file whose grid the outputs take (the input, or the series as NIfTI).
+  volume: np.ndarray  # (X, Y, Z) float32: the brain above 0, 0 outside (or the whole scan).
+  affine: np.ndarray  # (4, 4) RAS.
+  brain: np.ndarray  # (X, Y, Z) bool.
+  brain_source: str  # "skull-stripped", "extracted" or "whole scan".
+
+
+def output_stem(path: str) -> str:
+  """The file or folder name of `path` without its image extension, as outputs are named."""
+  return _EXTENSIONS.sub("", os.path.basename(os.path.normpath(path))) or "scan"
+
+
+def _short(name: str) -> str:
+  """`name`, or its start and a hash of it when outputs named after it would be too long."""
+  if len(name.encode()) <= _MAX_NAME:
+    return name
+  digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+  return name.encode()[:_MAX_NAME - 9].decode(errors="ignore") + "-" + digest
+
+
+def unique_names(paths: Sequence[str]) -> list[str]:
+  """An output name per input path, unique in the run: the stem, with as many parent folder
+  names in front (joined by "_") as it takes to tell inputs of the same stem apart."""
+  parts = [os.path.normpath(os.path.abspath(p)).split(os.sep) for p in paths]
+  depth = [1] * len(paths)
+  while True:
+    names = ["_".join([*p[-depth[i]:-1], output_stem(p[-1])]) for i, p in enumerate(parts)]
+    clashes = {n for n in names if names.count(n) > 1}
+    grow = [i for i, n in enumerate(names) if n in clashes and depth[i] < len(parts[i])]
+    if not grow:
+      break
+    for i in grow:
+      depth[i] += 1
+  names = [_short(n) for n in names]
+  if len(set(names)) < len(names):
+    raise InputError(f"--input: the same file is given twice ({paths}); give each scan once.")
+  return names
+
+
+def _folder_scans(folder: str) -> list[tuple[str, bool]]:
+  images = sorted({f for pattern in _IMAGE_GLOBS for f in glob.glob(os.path.join(folder, pattern))})
+  if images:
+    return [(f, False) for f in images]
+  if dicom.is_dicom_folder(folder):
+    return [(folder, True)]
+  raise InputError(f"{folder}: a folder with no NIfTI files (.nii, .nii.gz, .mgz, .hdr) and no "
+                   "DICOM series; give a scan, a folder of scans or a DICOM series folder.")
+
+
+def find_scans(inputs: Sequence[str]) -> list[Scan]:
+  """Every scan the --input values name, in order, each once.
+
+  Args:
+    inputs: files, folders (their NIfTI files, or the DICOM series they hold) and globs.
+  Raises:
+    InputError: a value names nothing (a missing file or a glob matching none).
+  """
+  found: list[tuple[str, bool]] = []
+  for value in inputs:
+    if not value:
+      raise InputError("--input is empty; give a scan, a folder or a glob.")
+    if os.path.isdir(value):
+      found += _folder_scans(value)
+    elif os.path.exists(value) or not glob.has_magic(value):
+      found.append((value, False))  # Missing files are reported, with the others going on.
+    else:
+      matches = sorted(glob.glob(value))
+      if not matches:
+        raise InputError(f"--input={value}: no file matches this pattern; check the folder and "
+                         "the wildcards.")
+      for match in matches:
+        found += _folder_scans(match) if os.path.isdir(match) else [(match, False)]
+  unique = list(dict.fromkeys(found))
+  names = unique_names([p for p, _ in unique])
+  return [Scan(p, n, d) for (p, d), n in zip(unique, names)]
+
+
+def check_not_taken(scan: Scan, out_dir: str) -> None:
+  """Raise InputError when the outputs named like `scan` belong to another input."""
+  record = os.path.join(out_dir, f"{scan.name}_translated.json")
+  if not os.path.isfile(record):
+    return
+  with open(record) as f:
+    earlier = json.load(f).get("input", "")
+  if os.path.abspath(earlier) != os.path.abspath(scan.path):
+    raise InputError(f"{scan.path}: {out_dir} already holds outputs named {scan.name!r} of "
+                     f"another input ({earlier}); give another --workdir or rename the file.")
+
+
+def _reference(scan: Scan, data: ml_collections.ConfigDict, out_dir: str) -> str:
+  """The NIfTI file of `scan`: the file itself, or its DICOM series written as NIfTI."""
+  if not scan.is_dicom:
+    return scan.path
+  series = dicom.choose_series(scan.path, dicom.find_series(scan.path), str(data.dicom_series))
+  image = dicom.read_series(scan.path, series)
+  path = os.path.join(out_dir, f"{scan.name}_source.nii.gz")
+  with files.atomic_path(path) as temporary:
+    image.to_filename(temporary)
+  return path
+
+
+def prepare_scan(scan: Scan, data: ml_collections.ConfigDict, out_dir: str) -> PreparedScan:
+  """`scan` read, checked and brought to a brain.
+
+  With a model of skull-stripped brains (data.mask="nonzero"), a skull-stripped scan keeps its
+  brain (`brain_extraction.stripped_brain`) and a raw head's brain is extracted
+  (data.brain_extraction "auto"; "on" extracts from every scan, "off" refuses heads); the
+  brain's voxels are shifted so that the background level is 0, and kept above 0. With other
+  models the scan is taken whole unless data.brain_extraction is "on".
+  """
+  reference = _reference(scan, data, out_dir)
+  volume, affine = nifti.load_volume(reference)
+  mode = str(data.brain_extraction)
+  stripped = brain_extraction.stripped_brain(volume, affine) if mode != "on" else None
+  skull_stripped_model = data.mask == "nonzero"
+  if stripped is not None and skull_stripped_model:
+    brain, how = stripped, "skull-stripped"
+  elif mode == "on" or (mode == "auto" and skull_stripped_model):
+    start = time.time()
+    brain = brain_extraction.extract_brain(volume, affine, float(data.brain_margin_mm),
+                                           seed=int(data.seed))
+    how = "extracted"
+    logging.info("%s: not skull-stripped; brain extracted by registration of the MNI152 brain "
+                 "(%.1f L) in %.1f s.", scan.path, brain.sum() * np.prod(nifti.voxel_sizes(affine)) / 1e6,
+                 time.time() - start)
+  elif skull_stripped_model:
+    nifti.check_skull_stripped(volume, scan.path, data)  # Raises: a head, extraction off.
+    brain, how = volume != 0, "skull-stripped"
+  else:
+    return PreparedScan(reference, volume, affine, slicing.brain(volume, data.mask), "whole scan")
+  level, _ = brain_extraction.background_level(volume)
+  shifted = volume - level
+  floor = 1e-6 * max(float(shifted[brain].max()), 1e-6)  # Keeps every brain voxel non-zero.
+  volume = np.where(brain, np.maximum(shifted, floor), 0.0).astype(np.float32)
+  return PreparedScan(reference, volume, affine, brain, how)
+
+
+def contrast_warning(prepared: PreparedScan, path: str) -> str:
+  """A warning when the brain holds too few distinct values to be a scan (a label map, a
+  mask), "" otherwise."""
+  distinct = np.unique(prepared.volume[prepared.brain]).size
+  if distinct >= _MIN_DISTINCT:
+    return ""
+  return (f"{path}: only {distinct} distinct values inside the brain: it looks like a label map "
+          "or mask, not an MR scan; its translation carries no anatomy.")
+
+
+def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegmenter, scan: Scan,
+                   out_dir: str) -> dict:
+  """One scan translated, segmented and written (see the module docstring); returns its
+  record (also written as <name>_translated.json)."""
+  config = ctx.config
+  check_not_taken(scan, out_dir)
+  prepared = prepare_scan(scan, config.data, out_dir)
+  slices, geometry = nifti.volume_slices(prepared.volume, prepared.affine, prepared.reference,
+                                         config.data, brain_only=True)
+  report = translate.source_structure(config, slices, scan.path)
+  warning = contrast_warning(prepared, scan.path)
+  if warning:
+    logging.warning(warning)
+  logging.info("%s: translating the %d axial slices that hold brain.", scan.path, len(slices))
+  chosen = translate.lmi_model(ctx, slices)
+  translated = translate.translate_lmi(chosen, slices, translate.sampling_key(config))
+  translated = translate.inside_source_brain(config, slices, translated)
+  if not np.all(np.isfinite(translated)):
+    raise InputError(f"{scan.path}: the translation is not finite; check the sampling.* and "
+                     "sde.* settings (configs/default.py gives sound values).")
+  out = {kind: os.path.join(out_dir, f"{scan.name}_{kind}")
+         for kind in ("translated.nii.gz", "segmentation.nii.gz", "brainmask.nii.gz", "qc.png")}
+  brain_file = nifti.to_file_order(prepared.brain, prepared.reference)
+  if config.data.mask == "nonzero" or prepared.brain_source == "extracted":
+    volume = nifti.write_translation(translated[..., 0], geometry, out["translated.nii.gz"],
+                                     keep=brain_file)
+    foreground = brain_file & (volume > 0)
+  else:
+    volume = nifti.write_translation(translated[..., 0], geometry, out["translated.nii.gz"])
+    foreground = volume > segmenter.background_threshold
+  labels = segmentation.segment(segmenter, volume[..., None], foreground)
+  nifti.write_like(labels, prepared.reference, out["segmentation.nii.gz"], np.uint8)
+  nifti.write_like(brain_file, prepared.reference, out["brainmask.nii.gz"], np.uint8)
+  figures.plot_qc(prepared.volume, prepared.brain, nifti.to_canonical(volume, prepared.reference),
+                  nifti.to_canonical(labels, prepared.reference),
+                  nifti.voxel_sizes(prepared.affine), out["qc.png"], title=scan.path)
+  record = {"input": os.path.abspath(scan.path), "source_nifti": prepared.reference,
+            "brain": prepared.brain_source, "slices": len(slices), "model": chosen.model_folder,
+            "model_step": chosen.step, **report, "contrast_warning": warning}
+  files.atomic_write(os.path.join(out_dir, f"{scan.name}_translated.json"),
+                     json.dumps(record, indent=2).encode())
+  logging.info("Wrote %s, %s, %s and %s (%d slices translated).", *out.values(), len(slices))
+  return {**record, "outputs": out}
+
+
+def sample_scans(config: ml_collections.ConfigDict, workdir: str,
+                 inputs: Sequence[str]) -> list[dict]:
+  """`--mode=sample --input=...`: every scan of `inputs` (`find_scans`) through
+  `translate_scan` with one loaded model, compiled once; a scan that fails is reported and the
+  others go on.
+
+  Returns:
+    One record per scan translated.
+  Raises:
+    InputError: a single input failed (its own message), or some of several did (a summary).
+  """
+  scans = find_scans(inputs)
+  out_dir = os.path.join(workdir, "samples")
+  ctx = dataclasses.replace(translate.make_context(config, workdir, None), runners={})
+  segmenter = translate.stored_segmenter(config, workdir)
+  done, failed, start = [], [], time.time()
+  for index, scan in enumerate(scans):
+    try:
+      done.append(translate_scan(ctx, segmenter, scan, out_dir))
+    except InputError as error:
+      if len(scans) == 1:
+        raise
+      failed.append(scan.path)
+      logging.error("%s: failed: %s", scan.path, error)
+    elapsed = time.time() - start
+    logging.info("Volume %d/%d (%s) %s; %.0f s elapsed, about %.0f s left for all.", index + 1,
+                 len(scans), scan.name, "failed" if failed and failed[-1] == scan.path else "done",
+                 elapsed, elapsed / (index + 1) * (len(scans) - index - 1))
+  if failed:
+    raise InputError(f"{len(failed)} of {len(scans)} inputs failed ({', '.join(failed)}); the "
+                     "log above gives each reason, the others' outputs are in "
+                     f"{out_dir}.")
+  return done
