@@ -55,6 +55,7 @@ class Scan:
 class PreparedScan:
   """A scan brought to a brain, canonical (RAS), with where it came from."""
   reference: str  # The file whose grid the outputs take (the input, or the series as NIfTI).
+  original: np.ndarray  # (X, Y, Z) float32: the scan as read.
   volume: np.ndarray  # (X, Y, Z) float32: the brain above 0, 0 outside (or the whole scan).
   affine: np.ndarray  # (4, 4) RAS.
   brain: np.ndarray  # (X, Y, Z) bool.
@@ -183,12 +184,13 @@ def prepare_scan(scan: Scan, data: ml_collections.ConfigDict, out_dir: str) -> P
     nifti.check_skull_stripped(volume, scan.path, data)  # Raises: a head, extraction off.
     brain, how = volume != 0, "skull-stripped"
   else:
-    return PreparedScan(reference, volume, affine, slicing.brain(volume, data.mask), "whole scan")
+    return PreparedScan(reference, volume, volume, affine, slicing.brain(volume, data.mask),
+                        "whole scan")
   level, _ = brain_extraction.background_level(volume)
   shifted = volume - level
   floor = 1e-6 * max(float(shifted[brain].max()), 1e-6)  # Keeps every brain voxel non-zero.
-  volume = np.where(brain, np.maximum(shifted, floor), 0.0).astype(np.float32)
-  return PreparedScan(reference, volume, affine, brain, how)
+  brain_only = np.where(brain, np.maximum(shifted, floor), 0.0).astype(np.float32)
+  return PreparedScan(reference, volume, brain_only, affine, brain, how)
 
 
 def contrast_warning(prepared: PreparedScan, path: str) -> str:
@@ -201,19 +203,37 @@ def contrast_warning(prepared: PreparedScan, path: str) -> str:
           "or mask, not an MR scan; its translation carries no anatomy.")
 
 
-def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegmenter, scan: Scan,
-                   out_dir: str) -> dict:
-  """One scan translated, segmented and written (see the module docstring); returns its
-  record (also written as <name>_translated.json)."""
-  config = ctx.config
+@dataclasses.dataclass(frozen=True)
+class LoadedScan:
+  """A scan ready to translate: its brain and normalised axial slices, checked."""
+  scan: Scan
+  prepared: PreparedScan
+  slices: np.ndarray  # (N, H, W, 1) float32 in [0, 1].
+  geometry: nifti.SliceGeometry
+  structure: dict  # translate.source_structure's record.
+  warning: str  # contrast_warning's, or "".
+
+
+def load_scan(scan: Scan, config: ml_collections.ConfigDict, out_dir: str) -> LoadedScan:
+  """Every check of one input, before any model is loaded: its outputs' names are free, it
+  reads, it holds a brain with tissue structure (InputError otherwise)."""
   check_not_taken(scan, out_dir)
   prepared = prepare_scan(scan, config.data, out_dir)
   slices, geometry = nifti.volume_slices(prepared.volume, prepared.affine, prepared.reference,
                                          config.data, brain_only=True)
-  report = translate.source_structure(config, slices, scan.path)
+  structure = translate.source_structure(config, slices, scan.path)
   warning = contrast_warning(prepared, scan.path)
   if warning:
     logging.warning(warning)
+  return LoadedScan(scan, prepared, slices, geometry, structure, warning)
+
+
+def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegmenter,
+                   loaded: LoadedScan, out_dir: str) -> dict:
+  """One loaded scan translated, segmented and written (see the module docstring); returns
+  its record (also written as <name>_translated.json)."""
+  config, scan, prepared, slices = ctx.config, loaded.scan, loaded.prepared, loaded.slices
+  geometry, report, warning = loaded.geometry, loaded.structure, loaded.warning
   logging.info("%s: translating the %d axial slices that hold brain.", scan.path, len(slices))
   chosen = translate.lmi_model(ctx, slices)
   translated = translate.translate_lmi(chosen, slices, translate.sampling_key(config))
@@ -234,7 +254,7 @@ def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegment
   labels = segmentation.segment(segmenter, volume[..., None], foreground)
   nifti.write_like(labels, prepared.reference, out["segmentation.nii.gz"], np.uint8)
   nifti.write_like(brain_file, prepared.reference, out["brainmask.nii.gz"], np.uint8)
-  figures.plot_qc(prepared.volume, prepared.brain, nifti.to_canonical(volume, prepared.reference),
+  figures.plot_qc(prepared.original, prepared.brain, nifti.to_canonical(volume, prepared.reference),
                   nifti.to_canonical(labels, prepared.reference),
                   nifti.voxel_sizes(prepared.affine), out["qc.png"], title=scan.path)
   record = {"input": os.path.abspath(scan.path), "source_nifti": prepared.reference,
@@ -244,6 +264,13 @@ def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegment
                      json.dumps(record, indent=2).encode())
   logging.info("Wrote %s, %s, %s and %s (%d slices translated).", *out.values(), len(slices))
   return {**record, "outputs": out}
+
+
+def _failed(scan: Scan, error: InputError, alone: bool) -> None:
+  """A scan's failure: the run's error when it is the only scan, else logged (others go on)."""
+  if alone:
+    raise error
+  logging.error("%s: failed: %s", scan.path, error)
 
 
 def sample_scans(config: ml_collections.ConfigDict, workdir: str,
@@ -259,21 +286,27 @@ def sample_scans(config: ml_collections.ConfigDict, workdir: str,
   """
   scans = find_scans(inputs)
   out_dir = os.path.join(workdir, "samples")
-  ctx = dataclasses.replace(translate.make_context(config, workdir, None), runners={})
-  segmenter = translate.stored_segmenter(config, workdir)
+  ctx, segmenter = None, None
   done, failed, start = [], [], time.time()
   for index, scan in enumerate(scans):
     try:
-      done.append(translate_scan(ctx, segmenter, scan, out_dir))
+      loaded = load_scan(scan, config, out_dir)
     except InputError as error:
-      if len(scans) == 1:
-        raise
+      loaded = _failed(scan, error, alone=len(scans) == 1)
+    if loaded is not None:
+      if ctx is None:  # Once an input has passed its checks; a model that fails ends the run.
+        ctx = dataclasses.replace(translate.make_context(config, workdir, None), runners={})
+        segmenter = translate.stored_segmenter(config, workdir)
+      try:
+        done.append(translate_scan(ctx, segmenter, loaded, out_dir))
+      except InputError as error:
+        loaded = _failed(scan, error, alone=len(scans) == 1)
+    if loaded is None:
       failed.append(scan.path)
-      logging.error("%s: failed: %s", scan.path, error)
     elapsed = time.time() - start
     logging.info("Volume %d/%d (%s) %s; %.0f s elapsed, about %.0f s left for all.", index + 1,
-                 len(scans), scan.name, "failed" if failed and failed[-1] == scan.path else "done",
-                 elapsed, elapsed / (index + 1) * (len(scans) - index - 1))
+                 len(scans), scan.name, "done" if loaded is not None else "failed", elapsed,
+                 elapsed / (index + 1) * (len(scans) - index - 1))
   if failed:
     raise InputError(f"{len(failed)} of {len(scans)} inputs failed ({', '.join(failed)}); the "
                      "log above gives each reason, the others' outputs are in "

@@ -1,14 +1,16 @@
-"""Tiny skull-stripped paired volumes in the BraTS layout, written by the tests, and the tiny
-config that reads them; the fixtures that build them and a model trained on them are in
-conftest.py, shared by the test files of the real-scan path."""
+"""Scans the tests make: tiny skull-stripped paired volumes in the BraTS layout and the tiny
+config that reads them (the fixtures that build them and a model trained on them are in
+conftest.py), and DICOM series written from a volume with SimpleITK."""
 
 import os
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from configs import default, tiny
-from lmi_jax.data import phantom
+from lmi_jax import train
+from lmi_jax.data import nifti, phantom
 
 LPS = np.diag([-4.0, -4.0, 4.0, 1.0])  # BraTS files are LPS; 4 mm voxels keep them tiny.
 
@@ -48,3 +50,40 @@ def brats_like(root, **overrides):
   for key, value in overrides.items():
     data[key] = value
   return config
+
+
+def write_dicom_series(volume: np.ndarray, affine: np.ndarray, folder: str,
+                       description: str = "t2_tse_tra", uid: str = "1.2.826.0.1.3680043.2.1125.1") -> None:
+  """`volume` (RAS affine) as a DICOM series, one file per slice, with SimpleITK."""
+  os.makedirs(folder, exist_ok=True)
+  image = nifti.to_sitk(volume, affine)
+  image = sitk.Cast(sitk.RescaleIntensity(image, 0, 4000), sitk.sitkInt16)
+  writer = sitk.ImageFileWriter()
+  writer.KeepOriginalImageUIDOn()
+  direction = image.GetDirection()
+  for z in range(image.GetDepth()):
+    plane = image[:, :, z]
+    tags = {
+        "0008|0060": "MR", "0008|103e": description, "0020|000e": uid,
+        "0020|000d": uid + ".0", "0020|0013": str(z + 1),
+        "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))),
+        "0020|0037": "\\".join(map(str, direction[0:7:3] + direction[1:8:3])),
+        "0028|0030": "\\".join(map(str, image.GetSpacing()[:2])),
+        "0018|0050": str(image.GetSpacing()[2]),
+        "0008|0018": f"{uid}.{z + 1}",
+    }
+    for key, value in tags.items():
+      plane.SetMetaData(key, value)
+    writer.SetFileName(os.path.join(folder, f"{description}_{z:03d}.dcm"))
+    writer.Execute(plane)
+
+
+def train_briefly(config, workdir: str):
+  """`config` trained 4 steps into `workdir`, sampling set to 4 steps in batches of 4 (the
+  tests' quickest model that translates): (config, workdir)."""
+  config.training.num_steps = 4
+  config.training.sample_every = 0
+  config.sampling.num_steps = 4
+  config.sampling.batch_size = 4
+  train.train_score_model(config, workdir)
+  return config, workdir

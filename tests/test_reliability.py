@@ -11,11 +11,13 @@ their own below.
 import concurrent.futures
 import dataclasses
 import gzip
+import json
 import os
 import random
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -23,6 +25,8 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+
+from made_scans import write_dicom_series
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -91,7 +95,17 @@ def volume_cases(d: str) -> dict[str, Case]:
   nan[3, 4, 5] = np.nan
   inf[6, 7, 8] = np.inf
   noise = np.random.default_rng(1).random((24, 24, 20)).astype(np.float32)
+  os.makedirs(f"{d}/no_scans")
+  os.mkfifo(f"{d}/fifo.nii.gz")
+  slope = nib.Nifti1Image(np.full((24, 24, 20), 30000, np.int16), np.eye(4))
+  slope.header.set_slope_inter(1e38, 0.0)  # 3e42 overflows float32.
+  nib.save(slope, f"{d}/slope.nii.gz")
+  two_series = f"{d}/two_series"
+  write_dicom_series(head(), np.eye(4), two_series, "t2_tse", "1.2.826.0.1.3680043.2.1125.7")
+  write_dicom_series(head(seed=1), np.eye(4), two_series, "flair", "1.2.826.0.1.3680043.2.1125.8")
   made = {
+      "nan_affine": with_sform_row(save(f"{d}/nan_affine.nii", head()), [np.nan, 0, 0, 0]),
+      "singular_affine": with_sform_row(save(f"{d}/singular_affine.nii", head()), [0, 0, 0, 0]),
       "2d": save(f"{d}/2d.nii.gz", head()[:, :, 10]),
       "4d": save(f"{d}/4d.nii.gz", np.stack([head(), head()], -1)),
       "nan": save(f"{d}/nan.nii.gz", nan),
@@ -105,7 +119,19 @@ def volume_cases(d: str) -> dict[str, Case]:
     return Case(fault, (*sample, f"--input={path}"), (path, *named))
   return {
       "missing_volume": case("volume file missing", f"{d}/none.nii.gz", "no such file"),
-      "folder_as_volume": case("a folder given as the volume", d, "not a file"),
+      "folder_without_scans": case("a folder with no NIfTI files and no DICOM series",
+                                   f"{d}/no_scans", "no NIfTI files"),
+      "glob_matches_nothing": case("a glob that matches no file", f"{d}/*.mgz", "no file matches"),
+      "fifo_volume": case("a named pipe (FIFO) given as the volume", f"{d}/fifo.nii.gz",
+                          "not a regular file"),
+      "dev_null_volume": case("/dev/null given as the volume", "/dev/null", "not a regular file"),
+      "nan_affine": case("a header affine holding NaN", made["nan_affine"], "affine", "not finite"),
+      "singular_affine": case("a singular header affine (a zero row)", made["singular_affine"],
+                              "affine", "singular"),
+      "scl_slope_overflow": case("a header scale factor that overflows float32",
+                                 f"{d}/slope.nii.gz", "scl_slope"),
+      "several_dicom_series": case("a DICOM folder holding two series", two_series, "2 series",
+                                   "t2_tse", "flair", "data.dicom_series"),
       "empty_volume": case("empty (0-byte) file", paths["empty"], "not a readable NIfTI"),
       "truncated_volume": case("truncated .nii.gz (first half)", paths["truncated"], "re-export"),
       "gzip_corrupt_volume": case("gzip data damaged mid-file", paths["corrupt"], "re-export"),
@@ -116,6 +142,15 @@ def volume_cases(d: str) -> dict[str, Case]:
       "constant_volume": case("every voxel equal", made["constant"], "empty volume"),
       "noise_volume": case("uniform random noise, no anatomy", made["noise"], "no tissue structure"),
   }
+
+
+def with_sform_row(path: str, row: list[float]) -> str:
+  """`path` (an uncompressed .nii) with its sform's first row overwritten in the file's bytes:
+  nibabel would refuse to write such an affine itself."""
+  with open(path, "r+b") as f:
+    f.seek(280)  # srow_x in the NIfTI-1 header.
+    f.write(struct.pack("<4f", *row))
+  return path
 
 
 def dataset_cases(d: str) -> dict[str, Case]:
@@ -175,6 +210,20 @@ def config_cases(d: str) -> dict[str, Case]:
       "probability_out_of_range": Case("a probability above 1", ("--config.training.p_uncond=1.5",),
                                        ("training.p_uncond",)),
       "stray_argument": Case("a stray positional argument", ("extra",), ("extra",)),
+      "data_p_hi_out_of_range": Case("a percentile above 100 on the --input path",
+                                     (*sample, "--config.data.p_hi=150"), ("data.p_hi",)),
+      "data_image_size_zero": Case("an image size of 0", (*sample, "--config.data.image_size=0"),
+                                   ("data.image_size",)),
+      "data_mask_unknown": Case("an unknown brain mask rule", (*sample, "--config.data.mask=bogus"),
+                                ("data.mask='bogus'",)),
+      "brain_extraction_unknown": Case("an unknown brain extraction mode",
+                                       (*sample, "--config.data.brain_extraction=maybe"),
+                                       ("data.brain_extraction='maybe'",)),
+      "seed_out_of_range": Case("a seed outside [0, 2**32)", (*sample, "--config.seed=-3"),
+                                ("seed=-3",)),
+      "nonfinite_setting": Case("a NaN setting", (*sample, "--config.sampling.eps=nan"),
+                                ("sampling.eps=nan", "finite")),
+      "empty_workdir": Case("an empty --workdir", ("--workdir=",), ("--workdir is empty",)),
       "unknown_training_method": Case("an unknown model to train",
                                       ("--mode=train", "--config.training.method=gan"),
                                       ("training.method='gan'", "cyclegan")),
@@ -276,9 +325,12 @@ def outcomes(tmp_path_factory, trained_run):
 
 
 CASE_IDS = (
-    "missing_volume", "folder_as_volume", "empty_volume", "truncated_volume",
+    "missing_volume", "folder_without_scans", "glob_matches_nothing", "fifo_volume",
+    "dev_null_volume", "empty_volume", "truncated_volume",
     "gzip_corrupt_volume", "volume_2d", "volume_4d", "nan_volume", "inf_volume",
-    "constant_volume", "noise_volume",
+    "constant_volume", "noise_volume", "nan_affine", "singular_affine", "scl_slope_overflow",
+    "several_dicom_series", "data_p_hi_out_of_range", "data_image_size_zero", "data_mask_unknown",
+    "brain_extraction_unknown", "seed_out_of_range", "nonfinite_setting", "empty_workdir",
     "missing_root", "no_matching_files", "unpaired_subject", "mismatched_grids",
     "config_missing", "unknown_key", "misspelt_section", "wrong_type", "even_patch", "zero_bins",
     "unknown_reference_map",
@@ -305,7 +357,7 @@ def test_bad_input_is_one_line_and_status_2(outcomes, name):
 
 
 def test_every_case_is_documented():
-  with open(os.path.join(ROOT, "docs", "reliability.md")) as f:
+  with open(os.path.join(ROOT, "docs", "reliability.md"), encoding="utf-8") as f:
     text = f.read()
   for name in (*CASE_IDS, *RUNTIME_TESTS):
     assert f"`{name}`" in text, name
@@ -313,7 +365,10 @@ def test_every_case_is_documented():
 
 RUNTIME_TESTS = ("test_kill_9_while_training_and_saving", "test_kill_9_while_sampling",
                  "test_nan_loss_stops_and_keeps_the_last_good_checkpoint",
-                 "test_the_same_seed_gives_bitwise_the_same_translation")
+                 "test_the_same_seed_gives_bitwise_the_same_translation",
+                 "test_ctrl_c_while_sampling_ends_within_seconds",
+                 "test_a_failed_input_of_several_and_names_taken_by_another_input",
+                 "test_unusual_but_valid_inputs_give_correct_outputs")
 
 
 def leaf_arrays(workdir: str) -> list[np.ndarray]:
@@ -364,9 +419,9 @@ def test_kill_9_while_training_and_saving(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow
-def test_kill_9_while_sampling(tmp_path, trained_run):
-  """kill -9 in the middle of --mode=sample --input: no translation or segmentation file."""
+def sampling_process(tmp_path, trained_run: str, steps: int):
+  """`--mode=sample --input=scan.nii.gz` started in a copy of the trained run, once the
+  sampler has logged its first step: (process, log path, workdir)."""
   volume = save(str(tmp_path / "in" / "scan.nii.gz"), head())
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_run, workdir)
@@ -374,13 +429,20 @@ def test_kill_9_while_sampling(tmp_path, trained_run):
   with open(log, "w") as err:
     process = subprocess.Popen(
         [sys.executable, "main.py", TINY, f"--workdir={workdir}", "--mode=sample",
-         f"--input={volume}", "--config.sampling.num_steps=400"],
+         f"--input={volume}", f"--config.sampling.num_steps={steps}"],
         cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
-    start = time.time()
-    while "lmi: batch" not in log.read_text() and time.time() - start < 240:
-      time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+  start = time.time()
+  while "lmi: batch 1/" not in log.read_text() and time.time() - start < 240:
+    time.sleep(0.05)
+  return process, log, workdir
+
+
+@pytest.mark.slow
+def test_kill_9_while_sampling(tmp_path, trained_run):
+  """kill -9 in the middle of --mode=sample --input: no translation or segmentation file."""
+  process, log, workdir = sampling_process(tmp_path, trained_run, steps=400)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
   assert "lmi: batch 1/" in log.read_text()  # It was killed while translating.
   samples = os.path.join(workdir, "samples")
   left = os.listdir(samples) if os.path.isdir(samples) else []
@@ -419,3 +481,95 @@ def test_the_same_seed_gives_bitwise_the_same_translation(tmp_path, trained_run)
     outputs.append(nib.load(os.path.join(workdir, "samples", "scan_translated.nii.gz")).get_fdata())
   np.testing.assert_array_equal(outputs[0], outputs[1])
   assert outputs[0].std() > 0
+
+
+def errors_of(done: subprocess.CompletedProcess) -> list[str]:
+  assert "Traceback" not in done.stderr, done.stderr[-3000:]
+  return [line for line in done.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_sampling_ends_within_seconds(tmp_path, trained_run):
+  """SIGINT (Ctrl-C) while the compiled sampler runs: the process ends within 5 s with
+  status 130 and one line, and leaves no output and no temporary file."""
+  process, log, workdir = sampling_process(tmp_path, trained_run, steps=4000)
+  interrupted = time.time()
+  process.send_signal(signal.SIGINT)
+  process.wait(timeout=60)
+  took = time.time() - interrupted
+  text = log.read_text()
+  assert "lmi: batch 1/" in text and "Traceback" not in text, text[-3000:]
+  assert process.returncode == 130 and took < 5.0, (process.returncode, took)
+  assert [line for line in text.splitlines() if line.startswith("error:")] == [
+      "error: interrupted (Ctrl-C); outputs already written are whole, nothing half-written is "
+      "left; run the same command again to redo the rest."]
+  samples = os.path.join(workdir, "samples")
+  assert not (os.listdir(samples) if os.path.isdir(samples) else [])
+
+
+@pytest.mark.slow
+def test_a_failed_input_of_several_and_names_taken_by_another_input(tmp_path, trained_run):
+  """Two patients' FLAIR.nii.gz translated in two runs into one workdir: the second run's
+  FLAIR would take the first's output names and is refused, its other input goes on; the exit
+  status says that not all succeeded."""
+  first = save(str(tmp_path / "a" / "FLAIR.nii.gz"), head(seed=3))
+  second = save(str(tmp_path / "b" / "FLAIR.nii.gz"), head(seed=4))
+  other = save(str(tmp_path / "b" / "T2.nii.gz"), head(seed=5))
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  done = main_py(TINY, f"--workdir={workdir}", "--mode=sample", f"--input={first}")
+  assert done.returncode == 0 and not errors_of(done), done.stderr[-3000:]
+  record = os.path.join(workdir, "samples", "FLAIR_translated.json")
+  before = open(record).read()
+  done = main_py(TINY, f"--workdir={workdir}", "--mode=sample", f"--input={second}",
+                 f"--input={other}")
+  [line] = errors_of(done)
+  assert done.returncode == 2 and f"1 of 2 inputs failed ({second})" in line, done.stderr[-3000:]
+  assert "already holds outputs named 'FLAIR' of another input" in done.stderr
+  assert open(record).read() == before  # The first patient's outputs are untouched.
+  assert os.path.isfile(os.path.join(workdir, "samples", "T2_translated.nii.gz"))
+  assert "Volume 2/2 (T2) done" in done.stderr
+
+
+@pytest.mark.slow
+def test_unusual_but_valid_inputs_give_correct_outputs(tmp_path, trained_run):
+  """.mgz, Analyze .hdr/.img, a NIfTI without extension, a name with dots, a 200-character
+  name and a label map, in one run: each gets outputs on its grid, named after it; the label
+  map is translated with a warning."""
+  volume = head(seed=6)
+  affine = np.diag([1.2, 1.0, 2.0, 1.0])
+  affine[:3, 3] = [-10.0, 5.0, 3.0]
+  folder = tmp_path / "in"
+  os.makedirs(folder)
+  nib.save(nib.MGHImage(volume, affine), str(folder / "mgh_scan.mgz"))
+  nib.save(nib.AnalyzeImage(volume, affine), str(folder / "analyze_scan.hdr"))
+  save(str(folder / "plain.nii.gz"), volume, affine)
+  os.rename(folder / "plain.nii.gz", folder / "no_extension")
+  save(str(folder / "patient.niigata_01.nii.gz"), volume, affine)
+  long_name = "p" * 200
+  save(str(folder / f"{long_name}.nii.gz"), volume, affine)
+  labels = np.round(volume * 3).astype(np.float32)  # 0..3: a label map, not a scan.
+  save(str(folder / "labels.nii.gz"), labels, affine)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  inputs = ["mgh_scan.mgz", "analyze_scan.hdr", "no_extension", "patient.niigata_01.nii.gz",
+            f"{long_name}.nii.gz", "labels.nii.gz"]
+  done = main_py(TINY, f"--workdir={workdir}", "--mode=sample",
+                 *[f"--input={folder / name}" for name in inputs])
+  assert done.returncode == 0 and not errors_of(done), done.stderr[-3000:]
+  samples = os.path.join(workdir, "samples")
+  stems = ("mgh_scan", "analyze_scan", "no_extension", "patient.niigata_01", long_name, "labels")
+  for name, stem in zip(inputs, stems):
+    # Analyze stores no orientation: its grid is what nibabel reads, x flipped.
+    grid = nib.load(str(folder / name)).affine if name != "no_extension" else affine
+    out = nib.load(os.path.join(samples, f"{stem}_translated.nii.gz"))
+    seg = nib.load(os.path.join(samples, f"{stem}_segmentation.nii.gz"))
+    for image in (out, seg):
+      assert image.shape == volume.shape
+      np.testing.assert_allclose(image.affine, grid, atol=1e-5)
+    assert np.all(np.isfinite(out.get_fdata())) and out.get_fdata().max() > 0
+    assert os.path.isfile(os.path.join(samples, f"{stem}_qc.png"))
+  with open(os.path.join(samples, "labels_translated.json")) as f:
+    assert "looks like a label map" in json.load(f)["contrast_warning"]
+  assert "labels.nii.gz: only 2 distinct values inside the brain" in done.stderr
+  assert not [f for f in os.listdir(samples) if f.startswith(".tmp-")]

@@ -11,13 +11,12 @@ import jax
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy import ndimage
 
-from brats_cases import save
+from made_scans import save, write_dicom_series
 from configs import default
 from lmi_jax import brain_extraction, scans
-from lmi_jax.data import dicom, nifti, phantom
+from lmi_jax.data import dicom, phantom
 from lmi_jax.errors import InputError
 
 
@@ -116,32 +115,6 @@ def test_inputs_are_files_folders_and_globs(tmp_path):
     scans.find_scans([str(tmp_path / "other")])
   # A missing file is a scan that fails later, with the others going on.
   assert scans.find_scans([str(tmp_path / "gone.nii.gz")])[0].name == "gone"
-
-
-def write_dicom_series(volume: np.ndarray, affine: np.ndarray, folder: str,
-                       description: str = "t2_tse_tra", uid: str = "1.2.826.0.1.3680043.2.1125.1") -> None:
-  """`volume` (RAS affine) as a DICOM series, one file per slice, with SimpleITK."""
-  os.makedirs(folder, exist_ok=True)
-  image = nifti.to_sitk(volume, affine)
-  image = sitk.Cast(sitk.RescaleIntensity(image, 0, 4000), sitk.sitkInt16)
-  writer = sitk.ImageFileWriter()
-  writer.KeepOriginalImageUIDOn()
-  direction = image.GetDirection()
-  for z in range(image.GetDepth()):
-    plane = image[:, :, z]
-    tags = {
-        "0008|0060": "MR", "0008|103e": description, "0020|000e": uid,
-        "0020|000d": uid + ".0", "0020|0013": str(z + 1),
-        "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))),
-        "0020|0037": "\\".join(map(str, direction[0:7:3] + direction[1:8:3])),
-        "0028|0030": "\\".join(map(str, image.GetSpacing()[:2])),
-        "0018|0050": str(image.GetSpacing()[2]),
-        "0008|0018": f"{uid}.{z + 1}",
-    }
-    for key, value in tags.items():
-      plane.SetMetaData(key, value)
-    writer.SetFileName(os.path.join(folder, f"{description}_{z:03d}.dcm"))
-    writer.Execute(plane)
 
 
 def test_a_dicom_series_keeps_the_patients_geometry(tmp_path, brain_3mm):

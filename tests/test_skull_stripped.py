@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brats_cases import brats_like, save
+from made_scans import brats_like, save
 from lmi_jax import segmentation, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.data import slices as slicing

@@ -12,8 +12,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from made_scans import train_briefly
+
 from configs import phantom_pd2t1_cpu, phantom_pd2t1_gpu, tiny
-from lmi_jax import ablation, checkpoints, lmi, models, pretrained, sde as sdes, train, translate
+from lmi_jax import ablation, checkpoints, lmi, models, pretrained, sde as sdes, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
@@ -24,14 +26,7 @@ CONFIG_FILE = os.path.join(ROOT, "configs", "tiny.py")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A tiny model trained for a few steps, shared by the tests of this module."""
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny.get_config()
-  config.training.num_steps = 4
-  config.training.sample_every = 0
-  config.sampling.num_steps = 4
-  config.sampling.batch_size = 4
-  train.train_score_model(config, workdir)
-  return config, workdir
+  return train_briefly(tiny.get_config(), str(tmp_path_factory.mktemp("run")))
 
 
 def test_eval_writes_a_row_per_method(trained):

@@ -59,9 +59,10 @@ def _open(path: str) -> nib.spatialimages.SpatialImage:
     raise InputError(f"{path}: not a readable NIfTI file ({exc}); re-download or re-export it."
                      ) from exc
   affine = np.asarray(image.affine, float)
-  if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+  finite = bool(np.all(np.isfinite(affine)))
+  if not finite or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
     raise InputError(f"{path}: its header's affine (voxel-to-world matrix) is "
-                     f"{'not finite' if not np.all(np.isfinite(affine)) else 'singular'}, so the "
+                     f"{'not finite' if not finite else 'singular'}, so the "
                      "voxels have no place in space; fix the header's qform/sform (e.g. re-export "
                      "from the scanner's DICOM) and try again.")
   return image
