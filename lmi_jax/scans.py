@@ -41,6 +41,9 @@ _OUTPUTS = ("_translated.nii.gz", "_segmentation.nii.gz", "_brainmask.nii.gz", "
 _MAX_NAME = 255 - max(len(o) for o in _OUTPUTS) - 18
 # Fewer distinct values than this inside the brain: a label map or mask, not a scan.
 _MIN_DISTINCT = 16
+# Below this (10-90th percentile range over the median of the brain): one uniform object.
+# Real brains here, every contrast: 0.34 (the ICBM152 PDw average) to 1.66.
+_MIN_SPREAD = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,13 +197,21 @@ def prepare_scan(scan: Scan, data: ml_collections.ConfigDict, out_dir: str) -> P
 
 
 def contrast_warning(prepared: PreparedScan, path: str) -> str:
-  """A warning when the brain holds too few distinct values to be a scan (a label map, a
-  mask), "" otherwise."""
-  distinct = np.unique(prepared.volume[prepared.brain]).size
-  if distinct >= _MIN_DISTINCT:
-    return ""
-  return (f"{path}: only {distinct} distinct values inside the brain: it looks like a label map "
-          "or mask, not an MR scan; its translation carries no anatomy.")
+  """A warning when the brain carries no brain contrast: too few distinct values (a label map,
+  a mask), or one intensity with a little noise (one object, such as a water phantom); ""
+  otherwise."""
+  inside = prepared.volume[prepared.brain]
+  distinct = np.unique(inside).size
+  if distinct < _MIN_DISTINCT:
+    return (f"{path}: only {distinct} distinct values inside the brain: it looks like a label map "
+            "or mask, not an MR scan; its translation carries no anatomy.")
+  p10, p50, p90 = np.percentile(inside, [10, 50, 90])
+  spread = (p90 - p10) / max(abs(p50), np.finfo(np.float32).tiny)
+  if spread < _MIN_SPREAD:
+    return (f"{path}: its brain is one uniform intensity (10-90th percentile spread {spread:.0%} "
+            "of the median): it looks like one object, not brain tissue; check that the right "
+            "file was given.")
+  return ""
 
 
 @dataclasses.dataclass(frozen=True)

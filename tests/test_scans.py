@@ -195,3 +195,16 @@ def test_several_scans_in_one_run_compile_once(trained_on_cases, cases, tmp_path
   taken = scans.Scan(other, "p1_FLAIR", False)
   with pytest.raises(InputError, match="already holds outputs named 'p1_FLAIR' of another input"):
     scans.check_not_taken(taken, os.path.join(workdir, "samples"))
+
+
+def test_inputs_without_brain_contrast_warn(brain_3mm):
+  t1, t2, brain = brain_3mm
+  affine = np.diag([3.0, 3.0, 3.0, 1.0])
+  prepared = lambda volume: scans.PreparedScan("f", volume, volume, affine, brain, "skull-stripped")
+  for scan in (t1, t2):
+    assert scans.contrast_warning(prepared(np.where(brain, scan + 0.01, 0.0)), "x") == ""
+  labels = np.where(brain, np.round(t1 * 3 / t1.max()) + 1, 0.0)
+  assert "looks like a label map" in scans.contrast_warning(prepared(labels), "x")
+  noise = np.random.default_rng(0).normal(0, 0.02, brain.shape)
+  ball = np.where(brain, 1.0 + noise, 0.0)  # A water phantom: one intensity, 2% noise.
+  assert "one uniform intensity" in scans.contrast_warning(prepared(ball), "x")
