@@ -8,15 +8,15 @@ litres. Measured on the data beside the project: skull-stripped BraTS, OASIS and
 volumes 1.1-1.7 L in one component; raw IXI and ICBM152 heads 5.6-7.0 L in 3,600-10,500.
 
 A raw head's brain is extracted by registration (`extract_brain`): nilearn's bundled MNI152
-T1w brain template (2 mm, no download) is aligned to the head by a 12-parameter affine
-transform maximising Mattes mutual information over the template's brain (so any contrast,
-T1w, T2w, PDw or FLAIR, can be aligned), tried from three starting heights because a head
-with a neck has its centre of mass below the brain's (the start of best MI over the whole
-region is kept); the template's brain mask is carried
-onto the head's grid and grown by `margin_mm`, since the MNI152 mask is tighter than the
-usual brain masks (it leaves out most of the CSF around the brain). The margin was chosen on
-10 validation heads of ../shared/data/ixi_t1_heads_2mm and measured on the other 20
-(`bench/brain_extraction.py`, docs/results.md "Brain extraction").
+T1w brain template (2 mm, no download) is aligned to the head by Mattes mutual information over
+the template's brain and its edge (so any contrast, T1w, T2w, PDw or FLAIR, can be aligned):
+an exhaustive search over a grid of shifts and scales (a head with a neck has its centre of
+mass below the brain's, and most brains are smaller than the template's), then a similarity
+transform, then a 12-parameter affine one. The template's brain mask is carried onto the
+head's grid and grown by `margin_mm`, since the MNI152 mask is tighter than the usual brain
+masks (it leaves out most of the CSF around the brain). The margin was chosen on 10
+validation heads of ../shared/data/ixi_t1_heads_2mm and measured on the other 20
+(`bench/brain_extraction.py`; docs/results.md, "Scans as they come").
 """
 
 import functools

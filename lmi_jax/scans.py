@@ -19,7 +19,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Sequence
 
@@ -32,7 +31,6 @@ from lmi_jax.data import dicom, nifti
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
 
-_EXTENSIONS = re.compile(r"\.(nii\.gz|nii|mgz|mgh|hdr|img|hdr\.gz|img\.gz)$", re.IGNORECASE)
 _IMAGE_GLOBS = ("*.nii", "*.nii.gz", "*.mgz", "*.mgh", "*.hdr")
 _OUTPUTS = ("_translated.nii.gz", "_segmentation.nii.gz", "_brainmask.nii.gz", "_qc.png",
             "_translated.json", "_source.nii.gz")
@@ -67,7 +65,7 @@ class PreparedScan:
 
 def output_stem(path: str) -> str:
   """The file or folder name of `path` without its image extension, as outputs are named."""
-  return _EXTENSIONS.sub("", os.path.basename(os.path.normpath(path))) or "scan"
+  return nifti.IMAGE_EXTENSION.sub("", os.path.basename(os.path.normpath(path))) or "scan"
 
 
 def _short(name: str) -> str:

@@ -32,7 +32,7 @@ from lmi_jax.errors import InputError
 IXI_NAME = re.compile(r"IXI(\d+)-([A-Za-z]+)-(\d+)-([A-Za-z0-9]+)(?:-\d+)?\.nii(?:\.gz)?")
 _NII_SUFFIX = re.compile(r"\.nii(?:\.gz|\*)?$")
 # Names nibabel reads by their extension; any other name is read by its content as NIfTI-1.
-_KNOWN_EXTENSION = re.compile(r"\.(nii|nii\.gz|mgz|mgh|hdr|img|hdr\.gz|img\.gz|mnc|par|rec)$",
+IMAGE_EXTENSION = re.compile(r"\.(nii|nii\.gz|mgz|mgh|hdr|img|hdr\.gz|img\.gz|mnc|par|rec)$",
                               re.IGNORECASE)
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (ITK's world convention); its own inverse.
@@ -51,7 +51,7 @@ def _open(path: str) -> nib.spatialimages.SpatialImage:
   try:
     image = nib.load(path)
   except nib.filebasedimages.ImageFileError as exc:
-    if _KNOWN_EXTENSION.search(path):
+    if IMAGE_EXTENSION.search(path):
       raise InputError(f"{path}: not a readable NIfTI file ({exc}); re-download or re-export it."
                        ) from exc
     image = _by_content(path, exc)
