@@ -102,7 +102,8 @@ def _folder_scans(folder: str) -> list[tuple[str, bool]]:
   if dicom.is_dicom_folder(folder):
     return [(folder, True)]
   raise InputError(f"{folder}: a folder with no NIfTI files (.nii, .nii.gz, .mgz, .hdr) and no "
-                   "DICOM series; give a scan, a folder of scans or a DICOM series folder.")
+                   "DICOM series; give a scan, a folder of scans, a DICOM series folder, or for "
+                   f"one folder per patient a glob such as '{os.path.join(folder, '*', 'FLAIR.nii.gz')}'.")
 
 
 def find_scans(inputs: Sequence[str]) -> list[Scan]:
