@@ -61,7 +61,8 @@ def background_level(volume: np.ndarray) -> tuple[float, np.ndarray]:
   lo, hi = np.percentile(volume, [0.5, 99.5])
   step = _BACKGROUND_TOLERANCE * max(float(hi - lo), np.finfo(np.float32).tiny)
   values, counts = np.unique(np.round(volume / step).astype(np.int64), return_counts=True)
-  level = float(values[np.argmax(counts)]) * step
+  near = np.abs(volume - float(values[np.argmax(counts)]) * step) <= step
+  level = float(np.median(volume[near]))  # The constant itself, not its bin's centre.
   return level, np.abs(volume - level) <= step
 
 
@@ -81,6 +82,15 @@ def stripped_brain(volume: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
   if sizes[largest] < MIN_LARGEST_SHARE * sizes.sum() or litres > MAX_BRAIN_LITRES:
     return None
   return ndimage.binary_fill_holes(labelled == largest + 1)
+
+
+def zero_background(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
+  """(X, Y, Z) float32: `volume` less its background level (`background_level`) inside `brain`,
+  kept above 0 there so that the brain stays its non-zero voxels, and 0 outside."""
+  level, _ = background_level(volume)
+  shifted = volume - level
+  floor = 1e-6 * max(float(shifted[brain].max()), 1e-6)
+  return np.where(brain, np.maximum(shifted, floor), 0.0).astype(np.float32)
 
 
 @functools.cache

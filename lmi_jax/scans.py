@@ -188,11 +188,8 @@ def prepare_scan(scan: Scan, data: ml_collections.ConfigDict, out_dir: str) -> P
   else:
     return PreparedScan(reference, volume, volume, affine, slicing.brain(volume, data.mask),
                         "whole scan")
-  level, _ = brain_extraction.background_level(volume)
-  shifted = volume - level
-  floor = 1e-6 * max(float(shifted[brain].max()), 1e-6)  # Keeps every brain voxel non-zero.
-  brain_only = np.where(brain, np.maximum(shifted, floor), 0.0).astype(np.float32)
-  return PreparedScan(reference, volume, brain_only, affine, brain, how)
+  return PreparedScan(reference, volume, brain_extraction.zero_background(volume, brain), affine,
+                      brain, how)
 
 
 def contrast_warning(prepared: PreparedScan, path: str) -> str:

@@ -131,3 +131,20 @@ def test_sample_input_writes_translation_and_segmentation_on_the_input_grid(
   stored = segmentation.read_segmenter(os.path.join(workdir, translate.SEGMENTER_FILE))
   data = load_dataset(config, workdir)
   assert stored == segmentation.fit_segmenter(config, data["train"]["target"])
+
+
+def test_a_constant_background_other_than_0_is_a_brain_with_a_background(cases, tmp_path):
+  """The same skull-stripped cases with their background at a constant 7 (as a rescaled
+  export gives) load as the same data set as with background 0."""
+  shifted = tmp_path / "shifted"
+  for path in cases.glob("case_*/*.nii.gz"):
+    image = nib.load(path)
+    volume = image.get_fdata()
+    if path.name != "GT_W.nii.gz":
+      volume = np.where(volume != 0, volume + 7.0, 7.0)
+    save(shifted / path.parent.name / path.name, volume, image.affine)
+  original = load_dataset(brats_like(cases), str(tmp_path / "a"))
+  moved = load_dataset(brats_like(shifted), str(tmp_path / "b"))
+  for split in ("train", "test"):
+    for role in ("source", "target"):
+      np.testing.assert_allclose(moved[split][role], original[split][role], atol=1e-5)

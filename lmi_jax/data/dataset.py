@@ -133,6 +133,19 @@ def _load_exclude(path: str, target_shape: tuple[int, ...], target_affine: np.nd
   return mask != 0
 
 
+def skull_stripped(volume: np.ndarray, affine: np.ndarray, path: str,
+                   data: ml_collections.ConfigDict) -> np.ndarray:
+  """With data.mask="nonzero", `volume` checked to be a skull-stripped brain, its background
+  moved to 0 when it is another constant (`brain_extraction.stripped_brain`: e.g. 0.02 after
+  rescaling); a background of 0 leaves the volume as it is."""
+  if data.mask == "nonzero" and brain_extraction.background_level(volume)[0] != 0:
+    brain = brain_extraction.stripped_brain(volume, affine)
+    if brain is not None:
+      volume = brain_extraction.zero_background(volume, brain)
+  nifti.check_skull_stripped(volume, path, data)
+  return volume
+
+
 def _file_subjects(data: ml_collections.ConfigDict) -> tuple[list[Subject], list]:
   found = nifti.ixi_pairs(data) if data.dataset == "ixi" else nifti.glob_pairs(data)
   excludes = nifti.exclude_paths(data, [name for _, name, _, _ in found])
@@ -140,8 +153,8 @@ def _file_subjects(data: ml_collections.ConfigDict) -> tuple[list[Subject], list
   def pair(name: str, source_path: str, target_path: str) -> Pair:
     source, source_affine = nifti.load_volume(source_path)
     target, target_affine = nifti.load_volume(target_path)
-    nifti.check_skull_stripped(source, source_path, data)
-    nifti.check_skull_stripped(target, target_path, data)
+    source = skull_stripped(source, source_affine, source_path, data)
+    target = skull_stripped(target, target_affine, target_path, data)
     out = {"source": source, "target": target, "source_affine": source_affine,
            "target_affine": target_affine, "indices": choose_slices(target, data, target_path),
            "source_name": source_path, "target_name": target_path}
