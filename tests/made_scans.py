@@ -2,6 +2,8 @@
 config that reads them (the fixtures that build them and a model trained on them are in
 conftest.py), and DICOM series written from a volume with SimpleITK."""
 
+import contextlib
+import locale
 import os
 
 import nibabel as nib
@@ -52,6 +54,17 @@ def brats_like(root, **overrides):
   return config
 
 
+@contextlib.contextmanager
+def kept_locale():
+  """GDCM's DICOM writer sets the process's C locale, after which open() reads text as ASCII
+  (and the reports' "±" fails in later tests): the locale is put back."""
+  saved = locale.setlocale(locale.LC_ALL)
+  try:
+    yield
+  finally:
+    locale.setlocale(locale.LC_ALL, saved)
+
+
 def write_dicom_series(volume: np.ndarray, affine: np.ndarray, folder: str,
                        description: str = "t2_tse_tra", uid: str = "1.2.826.0.1.3680043.2.1125.1") -> None:
   """`volume` (RAS affine) as a DICOM series, one file per slice, with SimpleITK."""
@@ -75,7 +88,8 @@ def write_dicom_series(volume: np.ndarray, affine: np.ndarray, folder: str,
     for key, value in tags.items():
       plane.SetMetaData(key, value)
     writer.SetFileName(os.path.join(folder, f"{description}_{z:03d}.dcm"))
-    writer.Execute(plane)
+    with kept_locale():
+      writer.Execute(plane)
 
 
 def train_briefly(config, workdir: str):
