@@ -1,3 +1,3 @@
 """lmi_jax: zero-shot cross-modality MR translation guided by local mutual information."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # As pyproject.toml.
