@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import figures, host, metrics, sampling, scans, segmentation, translate
+from lmi_jax import figures, host, metrics, model_store, sampling, scans, segmentation
 from lmi_jax.data import slices as slicing
 from lmi_jax.files import atomic_path
 
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
   normalise = lambda image: slicing.normalize(image * brain, config.data.p_lo, config.data.p_hi,
                                               "nonzero")
   t1, pd = normalise(read("avg152T1").get_fdata()), normalise(pd_image.get_fdata())
-  segmenter = translate.stored_segmenter(config, workdir)
+  segmenter = model_store.stored_segmenter(config, workdir)
   rows = [("lmi", scores(nib.load(out_path).get_fdata(),
                          nib.load(seg_path).get_fdata().astype(int), t1, truth, brain), seconds)]
   for what, image in (("identity (PDw)", pd), ("T1w itself (what K-means can reach)", t1)):

@@ -24,7 +24,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from lmi_jax.data import nifti
+from lmi_jax.data import nifti, registration
 
 # data.brain_extraction: auto (raw heads only, for models of skull-stripped brains) | on | off.
 MODES = ("auto", "on", "off")
@@ -66,11 +66,14 @@ def background_level(volume: np.ndarray) -> tuple[float, np.ndarray]:
   return level, np.abs(volume - level) <= step
 
 
-def stripped_brain(volume: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
+def stripped_brain(volume: np.ndarray, affine: np.ndarray,
+                   background: np.ndarray | None = None) -> np.ndarray | None:
   """The brain of a skull-stripped `volume` (X, Y, Z) with its (4, 4) affine: the solid region
   that is not background, holes (voxels at the background level inside it) filled; None when
-  the volume does not look skull-stripped (see the module docstring)."""
-  _, background = background_level(volume)
+  the volume does not look skull-stripped (see the module docstring). `background` is
+  `background_level`'s mask when the caller has it."""
+  if background is None:
+    _, background = background_level(volume)
   if background.mean() < _MIN_BACKGROUND_SHARE:
     return None
   labelled, count = ndimage.label(~background)
@@ -84,10 +87,9 @@ def stripped_brain(volume: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
   return ndimage.binary_fill_holes(labelled == largest + 1)
 
 
-def zero_background(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
-  """(X, Y, Z) float32: `volume` less its background level (`background_level`) inside `brain`,
-  kept above 0 there so that the brain stays its non-zero voxels, and 0 outside."""
-  level, _ = background_level(volume)
+def zero_background(volume: np.ndarray, brain: np.ndarray, level: float) -> np.ndarray:
+  """(X, Y, Z) float32: `volume` less its background `level` (`background_level`) inside
+  `brain`, kept above 0 there so that the brain stays its non-zero voxels, and 0 outside."""
   shifted = volume - level
   floor = 1e-6 * max(float(shifted[brain].max()), 1e-6)
   return np.where(brain, np.maximum(shifted, floor), 0.0).astype(np.float32)
@@ -101,8 +103,8 @@ def _template() -> tuple["SimpleITK.Image", "SimpleITK.Image", "SimpleITK.Image"
   from nilearn import datasets
   template = datasets.load_mni152_template(resolution=2)
   mask = datasets.load_mni152_brain_mask(resolution=2)
-  template_image = nifti.to_sitk(np.asarray(template.get_fdata(), np.float32), template.affine)
-  mask_image = nifti.to_sitk(np.asarray(mask.get_fdata(), np.float32), mask.affine)
+  template_image = registration.to_sitk(np.asarray(template.get_fdata(), np.float32), template.affine)
+  mask_image = registration.to_sitk(np.asarray(mask.get_fdata(), np.float32), mask.affine)
   region = sitk.BinaryDilate(sitk.Cast(mask_image > 0.5, sitk.sitkUInt8), [4, 4, 4])
   return template_image, mask_image, region
 
@@ -178,7 +180,7 @@ def extract_brain(volume: np.ndarray, affine: np.ndarray, margin_mm: float,
   """
   import SimpleITK as sitk
   _, mask, _ = _template()
-  head = nifti.to_sitk(volume, affine)
+  head = registration.to_sitk(volume, affine)
   transform = _affine_to_template(head, seed)
   warped = sitk.Resample(mask, head, transform.GetInverse(), sitk.sitkLinear, 0.0)
   brain = sitk.GetArrayFromImage(warped).transpose(2, 1, 0) > 0.5

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lmi_jax import brain_extraction, figures, files, segmentation, translate
+from lmi_jax import brain_extraction, figures, files, model_store, segmentation, translate
 from lmi_jax.data import dicom, nifti
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -170,11 +170,16 @@ def prepare_scan(scan: Scan, data: ml_collections.ConfigDict, out_dir: str) -> P
   reference = _reference(scan, data, out_dir)
   volume, affine = nifti.load_volume(reference)
   mode = str(data.brain_extraction)
-  stripped = brain_extraction.stripped_brain(volume, affine) if mode != "on" else None
   skull_stripped_model = data.mask == "nonzero"
-  if stripped is not None and skull_stripped_model:
+  if not skull_stripped_model and mode != "on":
+    return PreparedScan(reference, volume, volume, affine, slicing.brain(volume, data.mask),
+                        "whole scan")
+  level, background = brain_extraction.background_level(volume)
+  stripped = (brain_extraction.stripped_brain(volume, affine, background) if mode != "on"
+              else None)
+  if stripped is not None:
     brain, how = stripped, "skull-stripped"
-  elif mode == "on" or (mode == "auto" and skull_stripped_model):
+  elif mode != "off":
     start = time.time()
     brain = brain_extraction.extract_brain(volume, affine, float(data.brain_margin_mm),
                                            seed=int(data.seed))
@@ -182,14 +187,11 @@ def prepare_scan(scan: Scan, data: ml_collections.ConfigDict, out_dir: str) -> P
     logging.info("%s: not skull-stripped; brain extracted by registration of the MNI152 brain "
                  "(%.1f L) in %.1f s.", scan.path, brain.sum() * np.prod(nifti.voxel_sizes(affine)) / 1e6,
                  time.time() - start)
-  elif skull_stripped_model:
+  else:
     nifti.check_skull_stripped(volume, scan.path, data)  # Raises: a head, extraction off.
     brain, how = volume != 0, "skull-stripped"
-  else:
-    return PreparedScan(reference, volume, volume, affine, slicing.brain(volume, data.mask),
-                        "whole scan")
-  return PreparedScan(reference, volume, brain_extraction.zero_background(volume, brain), affine,
-                      brain, how)
+  return PreparedScan(reference, volume, brain_extraction.zero_background(volume, brain, level),
+                      affine, brain, how)
 
 
 def contrast_warning(prepared: PreparedScan, path: str) -> str:
@@ -303,7 +305,7 @@ def sample_scans(config: ml_collections.ConfigDict, workdir: str,
     if loaded is not None:
       if ctx is None:  # Once an input has passed its checks; a model that fails ends the run.
         ctx = dataclasses.replace(translate.make_context(config, workdir, None), runners={})
-        segmenter = translate.stored_segmenter(config, workdir)
+        segmenter = model_store.stored_segmenter(config, workdir)
       try:
         done.append(translate_scan(ctx, segmenter, loaded, out_dir))
       except InputError as error:

@@ -26,9 +26,8 @@ the same shape. They share one signature, `method(context, source, key)`, and on
 import dataclasses
 import functools
 import os
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -39,9 +38,9 @@ from absl import logging
 from flax import linen as nn
 from skimage import exposure
 
-from lmi_jax import (checkpoints, evaluation, figures, files, lmi, reference_map, sampling,
-                     segmentation, structure)
-from lmi_jax.baselines import BASELINES, common as baseline_files
+from lmi_jax import (checkpoints, evaluation, figures, files, inference, lmi, model_store,
+                     reference_map, sampling, segmentation, structure)
+from lmi_jax.baselines import BASELINES
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 from lmi_jax.models import create_model, lmi_score, unconditional_score
@@ -78,45 +77,6 @@ class Context:
   volumes: np.ndarray | None = None  # (N,) volume id of each source slice: source_kmeans clusters volume by volume; None: one volume.
 
 
-class StepProgress:
-  """Progress lines of a batched translation, fed by the sampler's host callback.
-
-  Every device reports each step; a line is written for the first step, the last, and at
-  most one per `every_s` seconds between, with the share done and an estimate of the time
-  left over all batches (compilation counts in the first batch's time).
-  """
-
-  def __init__(self, name: str, steps: int, batches: int, every_s: float = 15.0):
-    self._name, self._steps, self._every = name, steps, every_s
-    self._lock = threading.Lock()
-    self.restart(batches)
-
-  def restart(self, batches: int) -> None:
-    """Start over for a new run of `batches` batches (the compiled sampler is reused)."""
-    with self._lock:
-      self._batches, self._start = batches, time.time()
-      self._batch, self._done, self._last = 0, 0, -np.inf
-
-  def start_batch(self, batch: int) -> None:
-    with self._lock:
-      self._batch, self._done = batch, 0
-
-  def __call__(self, done: np.ndarray) -> None:
-    done, now = int(done), time.time()
-    with self._lock:
-      if done <= self._done:
-        return
-      self._done = done
-      if done != 1 and done != self._steps and now - self._last < self._every:
-        return
-      self._last = now
-      share = (self._batch + done / self._steps) / self._batches
-      elapsed = now - self._start
-      logging.info("%s: batch %d/%d, step %d/%d (%.0f%% of all), %.0f s elapsed, about %.0f s left",
-                   self._name, self._batch + 1, self._batches, done, self._steps, 100 * share,
-                   elapsed, elapsed / share * (1 - share))
-
-
 def lmi_batch(ctx: Context, source: jax.Array, key: jax.Array,
                trajectory_steps: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
   """LMI-guided translation of one (B, H, W, 1) batch by `sampling.method` (jax, inside the
@@ -145,56 +105,6 @@ def sdedit_batch(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
                               scale_by_sigma=ctx.config.model.scale_by_sigma)
   return sampling.sample(score, ctx.sde, source.shape, key, cfg, x_init=source,
                          t_start=float(cfg.sdedit_t0), progress=ctx.progress)
-
-
-def _per_device(fn: Callable[[Context, jax.Array, jax.Array], jax.Array],
-                ctx: Context, source: np.ndarray, key: jax.Array, name: str,
-                t_start: float = 1.0) -> np.ndarray:
-  """Runs a sampling method over (N, H, W, 1) sources in batches, pmapped over devices.
-
-  Each batch (`sampling.batch_size` slices) is split across the local devices with a
-  key each from fold_in(key, b); the last batch is padded by repeating its final slice
-  and cropped. Progress lines (`StepProgress`) name the method `name`; t_start is where
-  its sampler starts (SDEdit's t0), which sets its step count.
-  """
-  devices = jax.local_device_count()
-  batch_size = max(1, int(ctx.config.sampling.batch_size))
-  if ctx.runners is None:
-    # As few batches as `sampling.batch_size` allows, of equal size: padding a short last
-    # batch up to a full one is wasted work (30 slices at batch size 25 run as 2 x 15).
-    min_batches = -(-len(source) // batch_size)
-    per_device = -(-len(source) // (min_batches * devices))
-  else:
-    per_device = -(-batch_size // devices)  # One shape for every call: one compilation.
-  batch = per_device * devices
-  num_batches = -(-len(source) // batch)  # Rounding per_device up may need fewer.
-  cached = None if ctx.runners is None else ctx.runners.get(name)
-  if cached is None:
-    progress = StepProgress(name, sampling.progress_total(ctx.config.sampling, t_start), num_batches)
-    # Parameters go in as a broadcast argument rather than as constants baked into the
-    # compiled program, which would make compilation slow for large models.
-    run = jax.pmap(lambda variables, src, k: fn(
-        dataclasses.replace(ctx, variables=variables, progress=progress), src, k), in_axes=(None, 0, 0))
-    if ctx.runners is not None:
-      ctx.runners[name] = (run, progress)
-  else:
-    run, progress = cached
-    progress.restart(num_batches)
-  outputs, start_time = [], time.time()
-  for b in range(num_batches):
-    progress.start_batch(b)
-    chunk = source[b * batch:(b + 1) * batch]
-    valid = len(chunk)
-    if valid < batch:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - valid, axis=0)])
-    keys = jax.random.split(jax.random.fold_in(key, b), devices)
-    out = run(ctx.variables, jnp.asarray(chunk).reshape(devices, per_device, *chunk.shape[1:]),
-              keys)
-    outputs.append(np.asarray(out).reshape(batch, *chunk.shape[1:])[:valid])
-    elapsed = time.time() - start_time
-    logging.info("%s: batch %d/%d done, %.1f s elapsed, about %.0f s left", name,
-                 b + 1, num_batches, elapsed, elapsed / (b + 1) * (num_batches - b - 1))
-  return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)
 
 
 def lmi_reference(ctx: Context, source: np.ndarray) -> np.ndarray:
@@ -232,12 +142,12 @@ def lmi_model(ctx: Context, source: np.ndarray) -> Context:
 
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
   ctx = lmi_model(ctx, source)
-  return _per_device(lambda c, s, k: lmi_batch(c, s, k)[0], ctx, lmi_reference(ctx, source),
+  return inference.run_batched(lambda c, s, k: lmi_batch(c, s, k)[0], ctx, lmi_reference(ctx, source),
                      key, "lmi")
 
 
 def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
-  return _per_device(sdedit_batch, ctx, source, key, "sdedit",
+  return inference.run_batched(sdedit_batch, ctx, source, key, "sdedit",
                      t_start=float(ctx.config.sampling.sdedit_t0))
 
 
@@ -321,29 +231,6 @@ NOT_ZERO_SHOT = ("supervised",)
 BEST_NAMING = ("source_kmeans_best",)
 
 
-def baseline_path(config: ml_collections.ConfigDict, workdir: str, name: str) -> str:
-  """The parameters of baseline `name`: WORKDIR/baselines/<name>.msgpack when it was trained
-  there, else <name>.msgpack in the shipped model folder (`sampling.pretrained`)."""
-  own, _ = baseline_files.export_paths(workdir, name)
-  if os.path.isfile(own):
-    return own
-  folder = checkpoints.pretrained_folder(config)
-  shipped = os.path.join(folder, f"{name}.msgpack") if folder else None
-  if shipped and os.path.isfile(shipped):
-    return shipped
-  raise InputError(f"eval.methods: {name} has no trained parameters ({own}"
-                   f"{' or ' + shipped if shipped else ''} does not exist); train it with "
-                   f"--mode=train --config.training.method={name} and the same --workdir.")
-
-
-def load_baselines(ctx: Context, config: ml_collections.ConfigDict, workdir: str,
-                   methods: tuple[str, ...]) -> Context:
-  """`ctx` with the parameters of every trained baseline among `methods`."""
-  params = {name: BASELINES[name].load(config, baseline_path(config, workdir, name))
-            for name in methods if name in BASELINES}
-  return dataclasses.replace(ctx, baselines={**ctx.baselines, **params})
-
-
 def make_context(config: ml_collections.ConfigDict, workdir: str,
                  train_target: np.ndarray | None, with_model: bool = True) -> Context:
   """The shared settings and, unless `with_model` is False, the restored model (`load_model`).
@@ -392,26 +279,6 @@ def select_split(data: dict, name: str, max_slices: int) -> dict[str, np.ndarray
   if max_slices > 0:
     split = {k: v[:max_slices] for k, v in split.items()}
   return split
-
-
-SEGMENTER_FILE = "segmenter.json"
-
-
-def stored_segmenter(config: ml_collections.ConfigDict, workdir: str) -> segmentation.KMeansSegmenter:
-  """The K-means that goes with the model: stored in the shipped model's model.json, or in
-  WORKDIR/segmenter.json; fitted on the target training slices (and saved there) if absent."""
-  folder = checkpoints.shipped_folder(config, workdir)
-  if folder is not None:
-    stored = checkpoints.read_meta(folder).get("segmenter")
-    if stored:
-      return segmentation.KMeansSegmenter(tuple(stored["centroids"]), stored["background_threshold"])
-  path = os.path.join(workdir, SEGMENTER_FILE)
-  if os.path.isfile(path):
-    return segmentation.read_segmenter(path)
-  logging.info("No stored K-means for this model: fitting it on the target training slices.")
-  segmenter = segmentation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
-  segmentation.write_segmenter(segmenter, path)
-  return segmenter
 
 
 def stack_structure_score(config: ml_collections.ConfigDict, source: np.ndarray) -> float:
@@ -470,7 +337,7 @@ def prepare_split(config: ml_collections.ConfigDict, workdir: str, methods: tupl
   needs_model = any(m in ("lmi", "sdedit") for m in methods)
   ctx = make_context(config, workdir, train_target, with_model=needs_model)
   ctx = dataclasses.replace(ctx, segmenter=segmenters.tissue, volumes=split.get("subject"))
-  return split, segmenters, load_baselines(ctx, config, workdir, methods)
+  return split, segmenters, model_store.load_baselines(ctx, config, workdir, methods)
 
 
 def inside_source_brain(config: ml_collections.ConfigDict, source: np.ndarray,

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from configs import default, tiny
 from lmi_jax import train
-from lmi_jax.data import nifti, phantom
+from lmi_jax.data import phantom, registration
 
 LPS = np.diag([-4.0, -4.0, 4.0, 1.0])  # BraTS files are LPS; 4 mm voxels keep them tiny.
 
@@ -69,7 +69,7 @@ def write_dicom_series(volume: np.ndarray, affine: np.ndarray, folder: str,
                        description: str = "t2_tse_tra", uid: str = "1.2.826.0.1.3680043.2.1125.1") -> None:
   """`volume` (RAS affine) as a DICOM series, one file per slice, with SimpleITK."""
   os.makedirs(folder, exist_ok=True)
-  image = nifti.to_sitk(volume, affine)
+  image = registration.to_sitk(volume, affine)
   image = sitk.Cast(sitk.RescaleIntensity(image, 0, 4000), sitk.sitkInt16)
   writer = sitk.ImageFileWriter()
   writer.KeepOriginalImageUIDOn()

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from configs import default
-from lmi_jax.data import dataset, load_dataset, nifti, phantom
+from lmi_jax.data import dataset, load_dataset, nifti, pairs, phantom, registration
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
 
@@ -70,10 +70,10 @@ def test_ixi_pairs_by_subject_and_dataset(tmp_path, head):
   # A modality the task does not use.
   save(tmp_path / "IXI-T2" / "IXI012-Guys-0012-T2.nii.gz", head["T2"], head["affine"])
   config = data_config(tmp_path)
-  pairs = nifti.ixi_pairs(config.data)
-  assert [(n, name) for n, name, _, _ in pairs] == [(2, "IXI002-Guys-0002"), (12, "IXI012-Guys-0012"),
+  found = pairs.ixi_pairs(config.data)
+  assert [(n, name) for n, name, _, _ in found] == [(2, "IXI002-Guys-0002"), (12, "IXI012-Guys-0012"),
                                                     (13, "IXI013-Guys-0013")]
-  assert all(s.endswith("-PD.nii.gz") and t.endswith("-T1.nii.gz") for _, _, s, t in pairs)
+  assert all(s.endswith("-PD.nii.gz") and t.endswith("-T1.nii.gz") for _, _, s, t in found)
   data = load_dataset(config, str(tmp_path / "work"))
   assert "labels" not in data["train"]
   assert data["train"]["source"].shape == (6, 32, 32, 1)
@@ -88,9 +88,9 @@ def test_ixi_flat_folder_and_missing_modality(tmp_path, head):
   config = data_config(tmp_path)
   with pytest.raises(InputError, match=r"IXI004-Guys-0004 \(no PD\); IXI005-Guys-0005 \(no PD, T1\)"
                                        r".*data.missing"):
-    nifti.ixi_pairs(config.data)
+    pairs.ixi_pairs(config.data)
   config.data.missing = "skip"
-  assert [n for n, *_ in nifti.ixi_pairs(config.data)] == [1, 2, 3]
+  assert [n for n, *_ in pairs.ixi_pairs(config.data)] == [1, 2, 3]
 
 
 def test_generic_pairs_by_pattern_and_by_folder(tmp_path, head):
@@ -100,16 +100,16 @@ def test_generic_pairs_by_pattern_and_by_folder(tmp_path, head):
     save(tmp_path / "folders" / name / "PD.nii.gz", head["PD"], head["affine"])
     save(tmp_path / "folders" / name / "T1.nii", head["T1"], head["affine"])
   flat = data_config(tmp_path / "flat", "nifti", source_glob="*_PD.nii.gz", target_glob="*_T1w.nii").data
-  assert [(i, n) for i, n, _, _ in nifti.glob_pairs(flat)] == [(0, "sub-a"), (1, "sub-b")]
+  assert [(i, n) for i, n, _, _ in pairs.glob_pairs(flat)] == [(0, "sub-a"), (1, "sub-b")]
   folders = data_config(tmp_path / "folders", "nifti").data
-  pairs = nifti.glob_pairs(folders)
-  assert [n for _, n, _, _ in pairs] == ["sub-a", "sub-b"] and pairs[0][2].endswith("PD.nii.gz")
+  found = pairs.glob_pairs(folders)
+  assert [n for _, n, _, _ in found] == ["sub-a", "sub-b"] and found[0][2].endswith("PD.nii.gz")
   config = data_config(tmp_path / "folders", "nifti", num_train_subjects=-1, num_test_subjects=1)
   data = load_dataset(config, str(tmp_path / "work"))  # -1: every subject the test split leaves.
   assert len(data["train"]["subject"]) == len(data["test"]["subject"]) == 3
   os.remove(tmp_path / "folders" / "sub-b" / "PD.nii.gz")
   with pytest.raises(InputError, match="sub-b"):
-    nifti.glob_pairs(folders)
+    pairs.glob_pairs(folders)
 
 
 def test_oblique_source_is_resampled_onto_the_target_grid(tmp_path, head):
@@ -145,7 +145,7 @@ def test_registration_recovers_a_known_rigid_transform():
   centre = affine[:3, :3] @ (np.array(shape) - 1) / 2 + affine[:3, 3]
   truth = rigid(6.0, (1, 1, 0.5), (4.0, -3.0, 2.5), centre)
   # The PD volume's content, placed in the world by `truth`: world_source = truth @ world_target.
-  found = nifti.rigid_registration(head["T1"], affine, head["PD"], truth @ affine, seed=0)
+  found = registration.rigid_registration(head["T1"], affine, head["PD"], truth @ affine, seed=0)
   error = np.linalg.inv(truth) @ found
   angle = np.rad2deg(np.arccos(np.clip((np.trace(error[:3, :3]) - 1) / 2, -1, 1)))
   corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
@@ -207,13 +207,13 @@ def test_bad_volumes_raise_input_error_naming_the_file(tmp_path):
 
 def test_bad_folders_and_patterns(tmp_path):
   with pytest.raises(InputError, match="data.root is empty"):
-    nifti.ixi_pairs(data_config("").data)
+    pairs.ixi_pairs(data_config("").data)
   with pytest.raises(InputError, match="no such folder"):
     load_dataset(data_config(tmp_path / "nowhere"), str(tmp_path / "work"))
   with pytest.raises(InputError, match="no IXI files of modality 'PD'"):
-    nifti.ixi_pairs(data_config(tmp_path).data)
+    pairs.ixi_pairs(data_config(tmp_path).data)
   with pytest.raises(InputError, match="no files match data.source_glob"):
-    nifti.glob_pairs(data_config(tmp_path, "nifti", source_glob="*_PD.nii.gz").data)
+    pairs.glob_pairs(data_config(tmp_path, "nifti", source_glob="*_PD.nii.gz").data)
 
 
 def test_too_few_subjects_for_the_split(tmp_path, head):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from made_scans import brats_like, save
-from lmi_jax import segmentation, translate
+from lmi_jax import model_store, segmentation, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.data import slices as slicing
 
@@ -128,7 +128,7 @@ def test_sample_input_writes_translation_and_segmentation_on_the_input_grid(
   assert (record["structure_warning"] is not None) == low
   assert ("tissue structure score" in done.stderr) == low
   # The K-means used is the one fitted on the training targets, stored beside the model.
-  stored = segmentation.read_segmenter(os.path.join(workdir, translate.SEGMENTER_FILE))
+  stored = segmentation.read_segmenter(os.path.join(workdir, model_store.SEGMENTER_FILE))
   data = load_dataset(config, workdir)
   assert stored == segmentation.fit_segmenter(config, data["train"]["target"])
 

@@ -15,7 +15,7 @@ import pytest
 from made_scans import train_briefly
 
 from configs import phantom_pd2t1_cpu, phantom_pd2t1_gpu, tiny
-from lmi_jax import ablation, checkpoints, lmi, models, pretrained, sde as sdes, translate
+from lmi_jax import ablation, checkpoints, lmi, model_store, models, pretrained, sde as sdes, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
@@ -339,9 +339,9 @@ def test_real_scan_model_ships_with_its_segmenter(tmp_path):
   config.data.root = str(tmp_path / "no_data_here")
   variables, step = checkpoints.restore_model(config, str(tmp_path))
   assert step > 0 and models.count_params(variables) == 448180
-  segmenter = translate.stored_segmenter(config, str(tmp_path))
+  segmenter = model_store.stored_segmenter(config, str(tmp_path))
   assert segmenter.k == 3 and 0 < segmenter.centroids[0] < segmenter.centroids[1] < segmenter.centroids[2] < 1
-  assert not os.path.exists(tmp_path / translate.SEGMENTER_FILE)
+  assert not os.path.exists(tmp_path / model_store.SEGMENTER_FILE)
 
 
 def test_kmeans_and_histmatch_see_only_training_targets(tmp_path):
@@ -381,7 +381,7 @@ def test_a_batch_split_over_two_devices_is_padded_and_cropped():
   code = """
 import numpy as np
 from configs import tiny
-from lmi_jax import translate
+from lmi_jax import inference, translate
 import jax
 assert jax.local_device_count() == 2
 config = tiny.get_config()
@@ -389,7 +389,7 @@ config.sampling.batch_size = 4
 ctx = translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
                         target_reference=np.zeros(1, np.float32))
 source = (np.arange(5, dtype=np.float32)[:, None, None, None] / 10) * np.ones((5, 8, 8, 1), np.float32)
-out = translate._per_device(lambda c, s, k: s * 2 + 0.05, ctx, source, jax.random.key(0), "x")
+out = inference.run_batched(lambda c, s, k: s * 2 + 0.05, ctx, source, jax.random.key(0), "x")
 np.testing.assert_allclose(out, source * 2 + 0.05, atol=1e-6)
 print("ok", out.shape)
 """
@@ -406,11 +406,11 @@ def test_shipped_baselines_load_and_translate(name, tmp_path):
   """The baselines shipped beside the phantom model: found through sampling.pretrained when
   the workdir has none, loaded against the config's network, and run as eval methods."""
   config = phantom_pd2t1_cpu.get_config()
-  path = translate.baseline_path(config, str(tmp_path), name)
+  path = model_store.baseline_path(config, str(tmp_path), name)
   assert path.endswith(os.path.join("checkpoints", "phantom_pd2t1", f"{name}.msgpack"))
   ctx = translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
                           target_reference=np.zeros(1, np.float32))
-  ctx = translate.load_baselines(ctx, config, str(tmp_path), (name, "identity"))
+  ctx = model_store.load_baselines(ctx, config, str(tmp_path), (name, "identity"))
   assert set(ctx.baselines) == {name}
   source = np.random.default_rng(0).random((3, 64, 64, 1)).astype(np.float32)
   out = translate.METHODS[name](ctx, source, jax.random.key(0))
@@ -418,4 +418,4 @@ def test_shipped_baselines_load_and_translate(name, tmp_path):
   assert 0 <= out.min() and out.max() <= 1 and np.abs(out - source).mean() > 0.01
   config.sampling.pretrained = ""
   with pytest.raises(InputError, match=f"--config.training.method={name}"):
-    translate.baseline_path(config, str(tmp_path), name)
+    model_store.baseline_path(config, str(tmp_path), name)

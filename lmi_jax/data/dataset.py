@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from lmi_jax import brain_extraction, files
-from lmi_jax.data import nifti, phantom
+from lmi_jax.data import nifti, pairs, phantom, registration
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError, key_checker
 
@@ -138,17 +138,20 @@ def skull_stripped(volume: np.ndarray, affine: np.ndarray, path: str,
   """With data.mask="nonzero", `volume` checked to be a skull-stripped brain, its background
   moved to 0 when it is another constant (`brain_extraction.stripped_brain`: e.g. 0.02 after
   rescaling); a background of 0 leaves the volume as it is."""
-  if data.mask == "nonzero" and brain_extraction.background_level(volume)[0] != 0:
-    brain = brain_extraction.stripped_brain(volume, affine)
+  # Most skull-stripped volumes have a background of 0 and pass the check at once; only the
+  # others pay for finding their background level.
+  if data.mask == "nonzero" and not nifti.mostly_zero(volume):
+    level, background = brain_extraction.background_level(volume)
+    brain = brain_extraction.stripped_brain(volume, affine, background)
     if brain is not None:
-      volume = brain_extraction.zero_background(volume, brain)
+      volume = brain_extraction.zero_background(volume, brain, level)
   nifti.check_skull_stripped(volume, path, data)
   return volume
 
 
 def _file_subjects(data: ml_collections.ConfigDict) -> tuple[list[Subject], list]:
-  found = nifti.ixi_pairs(data) if data.dataset == "ixi" else nifti.glob_pairs(data)
-  excludes = nifti.exclude_paths(data, [name for _, name, _, _ in found])
+  found = pairs.ixi_pairs(data) if data.dataset == "ixi" else pairs.glob_pairs(data)
+  excludes = pairs.exclude_paths(data, [name for _, name, _, _ in found])
 
   def pair(name: str, source_path: str, target_path: str) -> Pair:
     source, source_affine = nifti.load_volume(source_path)
@@ -194,9 +197,9 @@ def pair_slices(pair: Pair, data: ml_collections.ConfigDict) -> dict[str, np.nda
   if nifti.same_grid(source.shape, source_affine, target.shape, target_affine):
     planes = source_n[:, :, indices]
   else:
-    world = (nifti.rigid_registration(target, target_affine, source, source_affine, data.seed)
+    world = (registration.rigid_registration(target, target_affine, source, source_affine, data.seed)
              if data.register else None)
-    planes, inside = nifti.resample_slices(source_n, source_affine, target.shape, target_affine,
+    planes, inside = registration.resample_slices(source_n, source_affine, target.shape, target_affine,
                                            indices, world)
     coverage = (inside & head).sum((0, 1)) / head.sum((0, 1))
     if coverage.min() < _MIN_COVERAGE:

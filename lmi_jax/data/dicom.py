@@ -9,11 +9,10 @@ import dataclasses
 import os
 
 import nibabel as nib
-import numpy as np
 
+from lmi_jax.data import registration
 from lmi_jax.errors import InputError
 
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS; its own inverse.
 _DESCRIPTION = "0008|103e"
 
 
@@ -68,14 +67,10 @@ def read_series(folder: str, series: Series) -> nib.Nifti1Image:
   if image.GetDimension() != 3 or min(image.GetSize()) < 2:
     raise InputError(f"{folder}: DICOM series {series.description or series.uid} is not one 3D "
                      f"volume (size {image.GetSize()}); give a series of several slices.")
-  voxels = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
-  spacing = np.array(image.GetSpacing())
-  lps = np.eye(4)
-  lps[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * spacing
-  lps[:3, 3] = image.GetOrigin()
-  return nib.Nifti1Image(voxels, _LPS @ lps)
+  return nib.Nifti1Image(*registration.from_sitk(image))
 
 
 def is_dicom_folder(folder: str) -> bool:
-  """Whether `folder` directly holds at least one DICOM series."""
-  return os.path.isdir(folder) and bool(find_series(folder))
+  """Whether `folder` directly holds at least one DICOM series (no header is read)."""
+  import SimpleITK as sitk
+  return os.path.isdir(folder) and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))

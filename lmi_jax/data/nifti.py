@@ -1,16 +1,14 @@
-"""NIfTI volumes: finding IXI or generic source/target pairs, loading, alignment, writing.
+"""Volume files: reading and checking them, their slices, and writing translations back.
 
 Volumes are read with nibabel and reoriented to canonical RAS (axes flipped and permuted only;
-an oblique acquisition stays oblique in its affine). A source acquired on another grid than
-its target is resampled onto the target's grid through the two affines; with `data.register`
-a rigid Mattes mutual-information registration (SimpleITK) first refines the headers'
-alignment. A source on the target's own grid is taken as aligned already. Translations go
+an oblique acquisition stays oblique in its affine). Finding a data set's files is
+`lmi_jax.data.pairs`; aligning a source to its target's grid is `lmi_jax.data.registration`
+(a source on the target's own grid, `same_grid`, is taken as aligned already). Translations go
 back out with `load_slices` / `write_translation`, which use the reference file's own grid,
 affine and header (see `lmi_jax.data.slices` for the geometry).
 """
 
 import dataclasses
-import glob
 import gzip
 import os
 import re
@@ -20,7 +18,6 @@ from collections.abc import Sequence
 import ml_collections
 import nibabel as nib
 import numpy as np
-from absl import logging
 from nibabel import orientations
 from scipy import ndimage
 
@@ -28,14 +25,10 @@ from lmi_jax import files
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
 
-# IXI<id>-<site>-<num>-<MOD>.nii.gz; DTI files carry an extra -<direction> suffix.
-IXI_NAME = re.compile(r"IXI(\d+)-([A-Za-z]+)-(\d+)-([A-Za-z0-9]+)(?:-\d+)?\.nii(?:\.gz)?")
-_NII_SUFFIX = re.compile(r"\.nii(?:\.gz|\*)?$")
 # Names nibabel reads by their extension; any other name is read by its content as NIfTI-1.
 IMAGE_EXTENSION = re.compile(r"\.(nii|nii\.gz|mgz|mgh|hdr|img|hdr\.gz|img\.gz|mnc|par|rec)$",
                               re.IGNORECASE)
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (ITK's world convention); its own inverse.
 
 
 def _open(path: str) -> nib.spatialimages.SpatialImage:
@@ -145,231 +138,10 @@ def voxel_sizes(affine: np.ndarray) -> np.ndarray:
   return np.linalg.norm(affine[:3, :3], axis=0)
 
 
-def _require_root(data: ml_collections.ConfigDict) -> str:
-  if not data.root:
-    raise InputError(f"data.root is empty: set it to the folder holding the {data.dataset} volumes "
-                     "(e.g. --config.data.root=/path/to/data).")
-  if not os.path.isdir(data.root):
-    raise InputError(f"data.root={data.root!r}: no such folder; point it at the folder with the "
-                     "volumes.")
-  return data.root
-
-
-def _nifti_files(root: str) -> list[str]:
-  """NIfTI files in root and in its immediate subfolders (one folder per modality)."""
-  found = []
-  for pattern in ("*.nii", "*.nii.gz", os.path.join("*", "*.nii"), os.path.join("*", "*.nii.gz")):
-    found += glob.glob(os.path.join(root, pattern))
-  return sorted(found)
-
-
-def _resolve_missing(pairs: dict, names: dict, missing: dict, data: ml_collections.ConfigDict) -> None:
-  """Raise on subjects lacking a modality, or drop them loudly with data.missing='skip'."""
-  lines = [f"{names.get(s, s)} (no {', '.join(m)})" for s, m in sorted(missing.items())]
-  if not lines:
-    return
-  if data.missing != "skip":
-    shown = "; ".join(lines[:10]) + (f"; ... {len(lines) - 10} more" if len(lines) > 10 else "")
-    raise InputError(f"data.root={data.root!r}: {len(lines)} subjects lack a modality: {shown}. "
-                     "Add the files, remove those subjects, or set data.missing='skip'.")
-  logging.warning("Skipping %d subjects lacking a modality: %s", len(lines), "; ".join(lines))
-  for s in missing:
-    pairs.pop(s, None)
-
-
-def ixi_pairs(data: ml_collections.ConfigDict) -> list[tuple[int, str, str, str]]:
-  """IXI source/target files under data.root (flat, or one folder per modality), by subject.
-
-  Returns:
-    [(IXI number, "IXI002-Guys-0828", source path, target path)] sorted by number.
-  """
-  root = _require_root(data)
-  files: dict[int, dict[str, list[str]]] = {}
-  names, foreign = {}, []
-  for path in _nifti_files(root):
-    match = IXI_NAME.fullmatch(os.path.basename(path))
-    if not match:
-      foreign.append(path)
-      continue
-    number, site, num, modality = match.groups()
-    names[int(number)] = f"IXI{number}-{site}-{num}"
-    files.setdefault(int(number), {}).setdefault(modality, []).append(path)
-  if foreign:
-    logging.warning("Ignoring %d NIfTI files not named IXI<id>-<site>-<num>-<MOD>.nii.gz, e.g. %s",
-                    len(foreign), foreign[0])
-  roles = (data.source, data.target)
-  for modality in roles:
-    if not any(modality in by_mod for by_mod in files.values()):
-      raise InputError(f"data.root={root!r}: no IXI files of modality {modality!r} "
-                       f"(expected names like IXI002-Guys-0828-{modality}.nii.gz); check data.root, "
-                       "data.source and data.target.")
-  pairs, missing = {}, {}
-  for number, by_mod in files.items():
-    for modality in roles:
-      if len(by_mod.get(modality, [])) > 1:
-        raise InputError(f"{names[number]}: several {modality} files {by_mod[modality]}; keep one.")
-    lacking = [m for m in roles if m not in by_mod]
-    if lacking:
-      missing[number] = lacking
-    else:
-      pairs[number] = (by_mod[data.source][0], by_mod[data.target][0])
-  _resolve_missing(pairs, names, missing, data)
-  return [(n, names[n], *pairs[n]) for n in sorted(pairs)]
-
-
-def _pattern(data: ml_collections.ConfigDict, role: str) -> str:
-  """The glob of one role; the default is a folder per subject: <subject>/<modality>.nii[.gz]."""
-  pattern = data.source_glob if role == "source" else data.target_glob
-  return pattern or f"*/{data.source if role == 'source' else data.target}.nii*"
-
-
-def _subject_name(relative: str, pattern: str) -> str | None:
-  """What the wildcards of `pattern` matched in `relative` (extensions ignored), joined by '/'."""
-  regex = "".join("([^/]*)" if c == "*" else "([^/])" if c == "?" else re.escape(c)
-                  for c in _NII_SUFFIX.sub("", pattern))
-  match = re.fullmatch(regex, _NII_SUFFIX.sub("", relative.replace(os.sep, "/")))
-  return "/".join(dict.fromkeys(match.groups())) if match else None
-
-
-def glob_pairs(data: ml_collections.ConfigDict) -> list[tuple[int, str, str, str]]:
-  """Generic source/target pairs under data.root matched by data.source_glob / data.target_glob.
-
-  The subject name is the text the wildcards (* and ?) match, so `*_PD.nii.gz` pairs with
-  `*_T1.nii.gz` and `*/PD.nii*` (the default: one folder per subject) with `*/T1.nii*`.
-
-  Returns:
-    [(index, subject name, source path, target path)] sorted by name, index = position.
-  """
-  root = _require_root(data)
-  found: dict[str, dict[str, str]] = {}
-  for role in ("source", "target"):
-    pattern = _pattern(data, role)
-    paths = sorted(glob.glob(os.path.join(root, pattern)))
-    if not paths:
-      raise InputError(f"data.root={root!r}: no files match data.{role}_glob={pattern!r}; fix the "
-                       "pattern (relative to data.root, wildcards * and ?) or the folder.")
-    for path in paths:
-      name = _subject_name(os.path.relpath(path, root), pattern)
-      if name is None:
-        raise InputError(f"{path}: matches data.{role}_glob={pattern!r} but not as a subject name; "
-                         "use only * and ? as wildcards.")
-      if role in found.setdefault(name, {}):
-        raise InputError(f"{path} and {found[name][role]}: both are the {role} of subject {name!r}; "
-                         f"make data.{role}_glob match one file per subject.")
-      found[name][role] = path
-  missing = {n: [r for r in ("source", "target") if r not in by_role] for n, by_role in found.items()}
-  missing = {n: m for n, m in missing.items() if m}
-  pairs = {n: (r["source"], r["target"]) for n, r in found.items() if n not in missing}
-  _resolve_missing(pairs, {}, missing, data)
-  return [(i, n, *pairs[n]) for i, n in enumerate(sorted(pairs))]
-
-
-def exclude_paths(data: ml_collections.ConfigDict, names: Sequence[str]) -> dict[str, str]:
-  """The data.exclude_glob mask file of each subject name ({} when the key is empty).
-
-  Subjects are named as `glob_pairs` names them, by what the wildcards match.
-  Raises InputError for a subject without exactly one mask.
-  """
-  if not data.exclude_glob:
-    return {}
-  root = _require_root(data)
-  found: dict[str, list[str]] = {}
-  for path in sorted(glob.glob(os.path.join(root, data.exclude_glob))):
-    name = _subject_name(os.path.relpath(path, root), data.exclude_glob)
-    if name is not None:
-      found.setdefault(name, []).append(path)
-  for name in names:
-    if len(found.get(name, [])) != 1:
-      what = "no file" if name not in found else f"{len(found[name])} files"
-      raise InputError(f"data.exclude_glob={data.exclude_glob!r}: {what} for subject {name!r} under "
-                       f"{root}; give every subject one mask, or set data.exclude_glob=''.")
-  return {name: found[name][0] for name in names}
-
-
 def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int],
               affine_b: np.ndarray) -> bool:
   """Whether two volumes share shape and affine (to 1e-3 mm)."""
   return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-3)
-
-
-def to_sitk(volume: np.ndarray, affine: np.ndarray) -> "SimpleITK.Image":
-  """A SimpleITK image with the volume's geometry in ITK's LPS world."""
-  import SimpleITK as sitk  # Only registration needs it: a 50 MB install (GPU images lack it).
-  spacing = voxel_sizes(affine)
-  lps = _LPS @ affine
-  image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0), np.float32))
-  image.SetSpacing(spacing.tolist())
-  image.SetOrigin(lps[:3, 3].tolist())
-  image.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
-  return image
-
-
-def rigid_registration(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray,
-                       moving_affine: np.ndarray, seed: int = 0) -> np.ndarray:
-  """Rigid transform aligning `moving` to `fixed` by Mattes mutual information.
-
-  Starts from the headers (identity in world coordinates) and refines over a pyramid whose
-  coarsest level has about 4 mm voxels, with a fixed number of samples per level.
-
-  Args:
-    fixed, moving: (X, Y, Z) volumes with their (4, 4) RAS affines.
-    seed: seed of the metric's random sampling.
-  Returns:
-    (4, 4) RAS world transform taking a point of the fixed image to the matching point of the
-    moving image (world_moving = T @ world_fixed).
-  """
-  import SimpleITK as sitk  # See to_sitk.
-  fixed_image, moving_image = to_sitk(fixed, fixed_affine), to_sitk(moving, moving_affine)
-  finest = float(voxel_sizes(fixed_affine).min())
-  shrinks = sorted({max(1, round(level / finest)) for level in (4.0, 2.0, 1.0)}, reverse=True)
-  samples = 50_000  # Enough for a stable MI estimate; constant cost per level.
-  method = sitk.ImageRegistrationMethod()
-  method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-  method.SetMetricSamplingStrategy(method.RANDOM)
-  method.SetMetricSamplingPercentagePerLevel(
-      [min(1.0, samples * s**3 / fixed.size) for s in shrinks], seed)
-  method.SetInterpolator(sitk.sitkLinear)
-  method.SetOptimizerAsRegularStepGradientDescent(
-      learningRate=2.0, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5)
-  method.SetOptimizerScalesFromPhysicalShift()
-  method.SetShrinkFactorsPerLevel(shrinks)
-  method.SetSmoothingSigmasPerLevel([0.5 * s * finest for s in shrinks])  # mm, by default.
-  transform = sitk.Euler3DTransform()
-  centre = (np.array(fixed.shape, float) - 1) / 2  # ITK's index (i, j, k) is our (X, Y, Z).
-  transform.SetCenter(fixed_image.TransformContinuousIndexToPhysicalPoint(centre.tolist()))
-  method.SetInitialTransform(transform, inPlace=True)
-  method.Execute(fixed_image, moving_image)
-  matrix = np.eye(4)
-  rotation = np.array(transform.GetMatrix()).reshape(3, 3)
-  centre_lps, shift = np.array(transform.GetCenter()), np.array(transform.GetTranslation())
-  matrix[:3, :3] = rotation
-  matrix[:3, 3] = centre_lps + shift - rotation @ centre_lps
-  return _LPS @ matrix @ _LPS
-
-
-def resample_slices(volume: np.ndarray, affine: np.ndarray, target_shape: Sequence[int],
-                    target_affine: np.ndarray, indices: Sequence[int],
-                    world: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Axial slices of the target grid filled from `volume` (trilinear).
-
-  Args:
-    volume: (X', Y', Z') source on its grid `affine`.
-    target_shape, target_affine: the (X, Y, Z) grid to sample on; indices: its axial slices.
-    world: (4, 4) RAS transform from target to source world points (identity if None).
-  Returns:
-    values (X, Y, N) float32 (0 outside the source) and inside (X, Y, N) bool, where the
-    source's field of view covers the target.
-  """
-  world = np.eye(4) if world is None else world
-  to_source = np.linalg.inv(affine) @ world @ target_affine
-  grid = np.stack(np.meshgrid(np.arange(target_shape[0]), np.arange(target_shape[1]),
-                              np.asarray(indices), indexing="ij")).reshape(3, -1)
-  coords = to_source[:3, :3] @ grid + to_source[:3, 3:]
-  shape = (target_shape[0], target_shape[1], len(indices))
-  upper = np.array(volume.shape)[:, None] - 1
-  inside = np.all((coords >= -0.5) & (coords <= upper + 0.5), axis=0).reshape(shape)
-  values = ndimage.map_coordinates(volume, coords, order=1, mode="nearest").reshape(shape)
-  return np.where(inside, values, 0.0).astype(np.float32), inside
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,10 +154,15 @@ class SliceGeometry:
 _MIN_ZERO_SHARE = 0.1  # A skull-stripped scan has at least this share of voxels exactly 0.
 
 
+def mostly_zero(volume: np.ndarray) -> bool:
+  """Whether at least 10% of `volume`'s voxels are exactly 0, as in a skull-stripped scan."""
+  return float(np.mean(volume == 0)) >= _MIN_ZERO_SHARE
+
+
 def check_skull_stripped(volume: np.ndarray, path: str, data: ml_collections.ConfigDict) -> None:
   """With data.mask="nonzero", raise InputError unless `volume` looks skull-stripped (its
   background exactly 0), so a raw head scan or noise is not taken for a brain."""
-  if data.mask != "nonzero":
+  if data.mask != "nonzero" or mostly_zero(volume):
     return
   zero_share = float(np.mean(volume == 0))
   if zero_share < _MIN_ZERO_SHARE:
