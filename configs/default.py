@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- data ------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
   data.image_size = 128  # Slices are resized to image_size x image_size.
+  data.pixel_mm = 0.0  # >0: slices at this pixel size (mm), centred on the image_size canvas, which must hold the field of view; 0: the longer side spans the canvas.
   data.dataset = "phantom"  # phantom (embedded, no download) | ixi | nifti (generic paired volumes).
   data.root = ""  # Folder of the ixi / nifti volumes (unused by the phantom).
   data.source = "PD"  # Source modality: translated at test time, never seen in training.
@@ -22,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.source_order = (3, 2, 1)  # source_kmeans: the T1w class (1 CSF, 2 GM, 3 WM) of the source's darkest, middle and brightest cluster: T1w (1, 2, 3); T2w and PDw (3, 2, 1), WM<GM<CSF; FLAIR (1, 3, 2), CSF<WM<GM.
   data.source_glob = ""  # nifti: source files under root (wildcards * ?); "" = "*/<source>.nii*".
   data.target_glob = ""  # nifti: target files; what the wildcards match names the subject.
+  data.extra_targets = ()  # Globs of target-contrast volumes of other subjects (no source), added to the score model's training slices only (files only).
   data.missing = "error"  # A subject lacking source or target: error | skip (dropped with a warning).
   data.register = False  # Refine the headers' alignment of source to target by rigid MI registration.
   data.seed = 0  # Seed of the subject split, the phantom subjects and registration sampling.
@@ -71,7 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.nf = 64  # Base width; level i has nf * ch_mult[i] channels (64: the authors' width).
   model.ch_mult = (1, 2, 2, 2)  # Width multiplier per resolution level; the map halves between levels.
   model.num_res_blocks = 2  # Residual blocks per level in the encoder (the decoder has one more).
-  model.attn_resolutions = (16,)  # Feature-map sizes (pixels) that get self-attention (plus the bottleneck).
+  model.attn_resolutions = (16,)  # Feature-map sizes (pixels) that get self-attention.
+  model.mid_attention = True  # Self-attention at the bottleneck; False with attn_resolutions=(): fully convolutional, so it trains on crops and runs on any size.
   model.dropout = 0.1  # Dropout rate inside residual blocks while training.
   model.resblock_type = "biggan"  # biggan: resampling inside residual blocks (9.9M params at 128px) | ddpm: separate layers (8.8M, like the authors' UNet).
   model.resamp_with_conv = True  # ddpm blocks only: a 3x3 conv goes with each up/down-sampling.
@@ -111,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.cond_aug_knots = 5  # Knots of that random piecewise-linear intensity curve, evenly spaced over [0, 1].
   training.cond_aug_noise = 0.25  # Largest noise std added to the remapped reference (log-uniform down to 1/100 of it).
   training.init_from = ""  # A shipped model folder (ema_params.msgpack, e.g. checkpoints/phantom_pd2t1) a fresh run starts from (fine-tuning); "": random initialisation.
+  training.crop_size = 0  # >0: the score model trains on crops of this size centred on random brain pixels (a fully convolutional model: model.mid_attention=False, attn_resolutions=()); 0: whole slices.
   training.hflip = True  # Random horizontal flips of the training slices (the authors' blur is left out).
   training.prefetch = 2  # Batches put on the devices ahead of the step that uses them.
   training.log_every = 100  # Steps between metric log lines and TensorBoard scalars.
@@ -142,6 +146,11 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.batch_size = 8  # Slices translated per jitted call, split over the local devices.
   sampling.pretrained = ""  # Shipped model folder used when the workdir has no checkpoint ("": none).
   sampling.faint_below = 4.0  # lmi uses the shipped folder's faint/ model (trained with cond_aug) for sources of structure score below this (0: never).
+  sampling.lowres_model = ""  # A shipped low-resolution model folder whose translation lmi starts from and makes full resolution (lmi_jax/multiscale.py); "": lmi samples from the prior.
+  sampling.lowres_refine = "diffusion"  # How that translation becomes full resolution: diffusion (noised to lowres_t0, then lmi with this model) | guided (guided filter by the source) | none (enlarged).
+  sampling.lowres_t0 = 0.4  # diffusion: the time its enlarged translation is noised to (VE sigma_min (sigma_max / sigma_min)^t0).
+  sampling.guided_radius = 4  # guided: window radius in pixels.
+  sampling.guided_eps = 0.01  # guided: ridge on the window's linear map (in squared intensity units; larger is smoother).
   sampling.faint_reference_map = ""  # lmi.reference_map of the sources the faint/ model translates ("": lmi.reference_map; flat_equalize: more Dice at faint contrast, less with noise).
 
   # --- evaluation (lmi_jax/evaluation.py) -------------------------------------

@@ -29,11 +29,12 @@ from lmi_jax.files import atomic_write
 from lmi_jax.metrics import as_mask, as_slices
 from lmi_jax.segmentation import KMeansSegmenter, foreground_mask, labels_to_image, segment
 
-METRICS = ("dice", "dice_paper", "dice_gt", "psnr", "ssim")
+METRICS = ("dice", "dice_paper", "dice_gt", "psnr", "ssim", "edge_corr")
 METRIC_TITLES = {"dice": "Dice", "dice_paper": "Dice (paper protocol)",
-                 "dice_gt": "Dice (ground truth)", "psnr": "PSNR", "ssim": "SSIM"}
+                 "dice_gt": "Dice (ground truth)", "psnr": "PSNR", "ssim": "SSIM",
+                 "edge_corr": "Edge correlation"}
 # PSNR is in dB and spans tens; Dice and SSIM live in [0, 1] and need a finer grain.
-METRIC_DECIMALS = {"dice": 3, "dice_paper": 3, "dice_gt": 3, "psnr": 2, "ssim": 3}
+METRIC_DECIMALS = {"dice": 3, "dice_paper": 3, "dice_gt": 3, "psnr": 2, "ssim": 3, "edge_corr": 3}
 
 
 def _summary(values: Sequence[float]) -> dict[str, float]:
@@ -137,7 +138,7 @@ def evaluate_methods(
       target.
     volumes: optional (N,) volume id of each slice, for `best_named`; None: one volume.
   Returns:
-    {"methods": {name: {"dice", "psnr", "ssim", ["dice_gt"], ["dice_paper"]: {"mean", "std"},
+    {"methods": {name: {"dice", "psnr", "ssim", "edge_corr", ["dice_gt"], ["dice_paper"]: {"mean", "std"},
       "dice_per_class", ["dice_gt_per_class"]: {class: {"mean", "std"}},
       ["class_means"]: {class: float}, ["naming"]: {volume id or "all": [k ints]},
       "per_slice": {metric: [N floats]}}},
@@ -189,13 +190,16 @@ def evaluate_methods(
              for o, t, m in zip(output_slices, target_slices, slice_masks)]
     ssims = [image_metrics.ssim(o, t, data_range, m)
              for o, t, m in zip(output_slices, target_slices, slice_masks)]
+    edges = [image_metrics.edge_correlation(o, t, m)
+             for o, t, m in zip(output_slices, target_slices, slice_masks)]
     dice_summary, dice_slices, dice_classes = _dice_scores(seg, ref_seg, classes)
     entry = {
         "dice": dice_summary,
         "psnr": _summary(psnrs),
         "ssim": _summary(ssims),
+        "edge_corr": _summary(edges),
         "dice_per_class": dice_classes,
-        "per_slice": {"dice": dice_slices, "psnr": psnrs, "ssim": ssims},
+        "per_slice": {"dice": dice_slices, "psnr": psnrs, "ssim": ssims, "edge_corr": edges},
     }
     if naming is not None:
       entry["naming"] = naming

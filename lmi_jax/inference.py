@@ -99,7 +99,7 @@ def run_batched(fn: Callable[["Context", jax.Array, jax.Array], jax.Array], ctx:
     keys = jax.random.split(jax.random.fold_in(key, b), devices)
     out = run(ctx.variables, jnp.asarray(chunk).reshape(devices, per_device, *chunk.shape[1:]),
               keys)
-    outputs.append(np.asarray(out).reshape(batch, *chunk.shape[1:])[:valid])
+    outputs.append(np.asarray(out).reshape(batch, *np.shape(out)[2:])[:valid])
     elapsed = time.time() - start_time
     logging.info("%s: batch %d/%d done, %.1f s elapsed, about %.0f s left", name,
                  b + 1, num_batches, elapsed, elapsed / (b + 1) * (num_batches - b - 1))

@@ -1,4 +1,5 @@
-"""Image metrics of a translation against the true target: Dice of label maps, PSNR, SSIM.
+"""Image metrics of a translation against the true target: Dice of label maps, PSNR, SSIM,
+edge correlation, and the through-plane consistency of a translated volume.
 
 PSNR and SSIM are scikit-image's own functions with every setting passed explicitly
 (`METRIC_SETTINGS`, printed in each report): SSIM is Wang et al. 2004's, a Gaussian window of
@@ -13,6 +14,7 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
+from skimage import filters
 from skimage import metrics as skmetrics
 
 from lmi_jax.errors import InputError
@@ -30,6 +32,7 @@ def settings(data_range: float) -> dict[str, str]:
       "ssim": (f"skimage.metrics.structural_similarity, data_range={data_range:g}, "
                f"gaussian_weights=True, sigma={SSIM_SIGMA}, truncate={SSIM_TRUNCATE}, "
                f"K1={SSIM_K1}, K2={SSIM_K2}, use_sample_covariance=False"),
+      "edge_corr": "Pearson correlation of skimage.filters.sobel gradient magnitudes",
   }
 
 
@@ -172,3 +175,38 @@ def ssim(
     return float(local[mask].mean())
   pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
   return float(local[pad:-pad, pad:-pad].mean())
+
+
+def edge_correlation(x: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+  """Pearson correlation of the Sobel gradient magnitudes of two images, over `mask`'s pixels
+  (all when None): 1 when x has ref's edges where ref has them, at any contrast or sign.
+
+  Args:
+    x, ref: (H, W) or (H, W, 1) images.
+    mask: optional (H, W) bool.
+  Returns:
+    The correlation in [-1, 1]; NaN for an empty mask or a flat image (left out of summaries).
+  """
+  x_edges, ref_edges = (filters.sobel(as_image(name, a).astype(np.float64))
+                        for name, a in (("x", x), ("ref", ref)))
+  mask = as_mask("edge_correlation", mask, ref_edges.shape)
+  if mask is not None:
+    x_edges, ref_edges = x_edges[mask], ref_edges[mask]
+  if x_edges.size < 2 or x_edges.std() == 0 or ref_edges.std() == 0:
+    return math.nan
+  return float(np.corrcoef(x_edges.ravel(), ref_edges.ravel())[0, 1])
+
+
+def through_plane_ratio(volume: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+  """How much a translated volume changes from one axial slice to the next against the true
+  volume: the mean squared difference of neighbouring slices inside `mask` (both slices
+  inside), translation over truth. 1: as smooth across slices as the truth; above 1: slices
+  that disagree (stripes in coronal and sagittal views).
+
+  Args:
+    volume, truth: (X, Y, Z) float volumes on one grid; mask: (X, Y, Z) bool.
+  """
+  both = mask[..., 1:] & mask[..., :-1]
+  energy = lambda v: float(np.mean(np.diff(v.astype(np.float64), axis=2)[both] ** 2))
+  truth_energy = energy(truth)
+  return energy(volume) / truth_energy if truth_energy > 0 else math.nan

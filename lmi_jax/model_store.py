@@ -17,6 +17,15 @@ if TYPE_CHECKING:
   from lmi_jax.translate import Context
 
 
+@dataclasses.dataclass(frozen=True)
+class FaintModel:
+  """A model fine-tuned on LMI maps of unfamiliar contrasts (training.cond_aug), which lmi
+  uses instead of the main one for sources of structure score below sampling.faint_below."""
+  variables: dict
+  step: int
+  folder: str
+
+
 def baseline_path(config: ml_collections.ConfigDict, workdir: str, name: str) -> str:
   """The parameters of baseline `name`: WORKDIR/baselines/<name>.msgpack when it was trained
   there, else <name>.msgpack in the shipped model folder (`sampling.pretrained`)."""

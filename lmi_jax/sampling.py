@@ -295,6 +295,10 @@ def fast_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.A
   return x
 
 
+# How lmi makes a low-resolution translation full resolution (lmi_jax/multiscale.py).
+LOWRES_REFINES = ("diffusion", "guided", "none")
+
+
 def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
   """Raise InputError naming the first `sampling.*` key with an unusable value."""
   require = key_checker("sampling", cfg)
@@ -309,6 +313,11 @@ def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
   require(cfg.faint_below >= 0, "faint_below", "use 0 (never) or a positive structure score")
   if cfg.faint_reference_map:
     reference_map.check_name(str(cfg.faint_reference_map), "sampling.faint_reference_map")
+  require(isinstance(cfg.lowres_model, str), "lowres_model", "give a shipped model folder, or ''")
+  require(cfg.lowres_refine in LOWRES_REFINES, "lowres_refine", f"choose one of {LOWRES_REFINES}")
+  require(0.0 < cfg.lowres_t0 <= 1.0, "lowres_t0", "use a time in (0, 1]")
+  require(cfg.guided_radius >= 1, "guided_radius", "use a radius of at least 1 pixel")
+  require(cfg.guided_eps > 0, "guided_eps", "use a positive ridge")
 
 
 def steps_for(cfg: ml_collections.ConfigDict, t_start: float = 1.0) -> int:

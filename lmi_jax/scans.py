@@ -269,6 +269,9 @@ def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegment
   record = {"input": os.path.abspath(scan.path), "source_nifti": prepared.reference,
             "brain": prepared.brain_source, "slices": len(slices), "model": chosen.model_folder,
             "model_step": chosen.step, **report, "contrast_warning": warning}
+  if ctx.lowres is not None:
+    record.update(lowres_model=ctx.lowres.model_folder, lowres_refine=config.sampling.lowres_refine,
+                  pixel_mm=float(config.data.pixel_mm))
   files.atomic_write(os.path.join(out_dir, f"{scan.name}_translated.json"),
                      json.dumps(record, indent=2).encode())
   logging.info("Wrote %s, %s, %s and %s (%d slices translated).", *out.values(), len(slices))
@@ -304,7 +307,9 @@ def sample_scans(config: ml_collections.ConfigDict, workdir: str,
       loaded = _failed(scan, error, alone=len(scans) == 1)
     if loaded is not None:
       if ctx is None:  # Once an input has passed its checks; a model that fails ends the run.
-        ctx = dataclasses.replace(translate.make_context(config, workdir, None), runners={})
+        ctx = translate.make_context(config, workdir, None)
+        lowres = ctx.lowres and dataclasses.replace(ctx.lowres, runners={})
+        ctx = dataclasses.replace(ctx, runners={}, lowres=lowres)
         segmenter = model_store.stored_segmenter(config, workdir)
       try:
         done.append(translate_scan(ctx, segmenter, loaded, out_dir))

@@ -128,6 +128,22 @@ def check_training_config(training: ml_collections.ConfigDict, num_devices: int)
   for key in ("sample_every", "sample_steps"):
     require(training[key] >= 0, key, "use a count >= 0")
   require(training.time_limit_min >= 0, "time_limit_min", "use minutes >= 0 (0: no limit)")
+  require(training.crop_size >= 0, "crop_size", "use a size >= 0 (0: whole slices)")
+
+
+def check_crop_config(config: ml_collections.ConfigDict) -> None:
+  """Raise InputError when training.crop_size does not suit the data or the model: a model
+  trained on crops runs on whole slices, which only a fully convolutional one can."""
+  crop = config.training.crop_size
+  if not crop:
+    return
+  if crop > config.data.image_size:
+    raise InputError(f"training.crop_size={crop} exceeds data.image_size={config.data.image_size}; "
+                     "use a smaller crop.")
+  if config.model.get("mid_attention", False) or tuple(config.model.get("attn_resolutions", ())):
+    raise InputError(f"training.crop_size={crop} trains on crops but model.mid_attention / "
+                     "model.attn_resolutions add self-attention, whose reach would differ on whole "
+                     "slices; set model.mid_attention=False and model.attn_resolutions=().")
 
 
 def learning_rate(cfg: StepConfig) -> optax.Schedule:
@@ -227,16 +243,35 @@ def global_batch(seed: int, step: int, num_examples: int, batch_size: int,
   return rows, flips
 
 
+def brain_crops(images: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+  """(B, size, size, C) crops of (B, H, W, C) images, each centred (as far as the canvas
+  allows) on a pixel drawn uniformly from its brain (non-zero pixels; anywhere if none), so
+  crops hold tissue in proportion to where it is."""
+  height, width = images.shape[1:3]
+  out = np.empty((len(images), size, size, images.shape[3]), images.dtype)
+  for n, image in enumerate(images):
+    inside = np.flatnonzero(image[..., 0] > 0)
+    centre = rng.choice(inside) if len(inside) else rng.integers(height * width)
+    y, x = divmod(int(centre), width)
+    top = int(np.clip(y - size // 2, 0, height - size))
+    left = int(np.clip(x - size // 2, 0, width - size))
+    out[n] = image[top:top + size, left:left + size]
+  return out
+
+
 def host_batches(images: np.ndarray, seed: int, start_step: int, batch_size: int, hflip: bool,
-                 process_index: int, process_count: int,
-                 local_devices: int) -> Iterator[dict[str, np.ndarray]]:
+                 process_index: int, process_count: int, local_devices: int,
+                 crop_size: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """This host's share of every global batch from start_step on, split per local device.
 
   Args:
     images: (N, H, W, 1) float32 training slices.
+    crop_size: >0: each slice is replaced by a `brain_crops` crop of this size, drawn from
+      (seed, step) alone like the batch.
   Yields:
-    "image" (local_devices, b, H, W, 1) and "index" (local_devices, b) int32, the rows of
-    the global batch they hold; b = batch_size / (process_count * local_devices).
+    "image" (local_devices, b, S, S, 1), S = crop_size or H = W, and "index"
+    (local_devices, b) int32, the rows of the global batch they hold;
+    b = batch_size / (process_count * local_devices).
   """
   per_host = batch_size // process_count
   own = np.arange(process_index * per_host, (process_index + 1) * per_host)
@@ -244,6 +279,8 @@ def host_batches(images: np.ndarray, seed: int, start_step: int, batch_size: int
   while True:
     rows, flips = global_batch(seed, step, len(images), batch_size, hflip)
     x = images[rows[own]]
+    if crop_size:
+      x = brain_crops(images[rows], np.random.default_rng([seed, step, 1]), crop_size)[own]
     x = np.where(flips[own, None, None, None], x[:, :, ::-1], x)
     yield {"image": x.reshape(local_devices, -1, *x.shape[1:]),
            "index": own.astype(np.int32).reshape(local_devices, -1)}
@@ -402,11 +439,15 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
                       training.batch_size)
   batches = jax_utils.prefetch_to_device(
       host_batches(images, config.seed, start_step, training.batch_size, training.hflip,
-                   jax.process_index(), jax.process_count(), jax.local_device_count()),
+                   jax.process_index(), jax.process_count(), jax.local_device_count(),
+                   training.crop_size),
       training.prefetch, axis_name=AXIS)
   # Inputs placed under the pmap's own axis name match its outputs' sharding, so the
   # second step hits the compilation cache instead of compiling again.
   rstate = jax_utils.replicate(state, axis_name=AXIS)
+  previews = images[:training.num_samples]
+  if training.crop_size:
+    previews = brain_crops(previews, np.random.default_rng(config.seed), training.crop_size)
   start = time.perf_counter()
   for step in range(start_step + 1, training.num_steps + 1):
     rstate, step_metrics = p_train_step(rstate, next(batches), cfg)
@@ -417,7 +458,7 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
       stop = training.time_limit_min > 0 and out_of_time(start, training.time_limit_min)
     if lead_host and training.sample_every and step % training.sample_every == 0:
       grid = sample_grid(jax_utils.unreplicate(rstate.ema_params),
-                         jnp.asarray(images[:training.num_samples]),
+                         jnp.asarray(previews),
                          jax.random.fold_in(jax.random.key(config.seed), step), cfg,
                          training.sample_steps, config.sampling.eps)
       write_samples(writer, workdir, step, np.asarray(grid))
@@ -450,7 +491,7 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
   """Trains the model of `config` into workdir, resuming from its latest checkpoint.
 
   `images` are the (N, H, W, 1) training slices; None loads them (`load_dataset`, cached in
-  workdir/cache).
+  workdir/cache: the training split's targets and data.extra_targets' slices).
 
   Writes (the first host only) workdir/config.json, TensorBoard events in workdir and sample
   grids in workdir/samples; every host takes part in the checkpoints in workdir/checkpoints.
@@ -460,6 +501,7 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
   training = config.training
   initialize_distributed(training)
   check_training_config(training, jax.device_count())
+  check_crop_config(config)
   lead_host = jax.process_index() == 0
   files.prepare_dir(workdir)
   if lead_host:
@@ -467,11 +509,14 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
                        config.to_json_best_effort(indent=2, sort_keys=True).encode())
 
   if images is None:
-    images = load_dataset(config, workdir)["train"]["target"]
+    dataset = load_dataset(config, workdir)
+    images = np.concatenate([dataset[split]["target"] for split in ("train", "extra")
+                             if split in dataset])
   if len(images) == 0:
     raise InputError("the training split is empty; raise data.num_train_subjects.")
   cfg = step_config(config)
-  state = create_train_state(jax.random.key(config.seed), cfg, config.data.image_size)
+  state = create_train_state(jax.random.key(config.seed), cfg,
+                             training.crop_size or config.data.image_size)
   manager = checkpoints.manager(checkpoints.score_folder(workdir), training.max_to_keep)
   if training.init_from and manager.latest_step() is None:
     state = start_from_shipped(state, config, checkpoints.resolve_folder(training.init_from))

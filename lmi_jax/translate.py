@@ -39,21 +39,12 @@ from flax import linen as nn
 from skimage import exposure
 
 from lmi_jax import (checkpoints, evaluation, figures, files, inference, lmi, model_store,
-                     reference_map, sampling, segmentation, structure)
+                     multiscale, reference_map, sampling, segmentation, structure)
 from lmi_jax.baselines import BASELINES
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 from lmi_jax.models import create_model, lmi_score, unconditional_score
 from lmi_jax.sde import SDE, sde_from_config
-
-@dataclasses.dataclass(frozen=True)
-class FaintModel:
-  """A model fine-tuned on LMI maps of unfamiliar contrasts (training.cond_aug), which lmi
-  uses instead of the main one for sources of structure score below sampling.faint_below."""
-  variables: dict
-  step: int
-  folder: str
-
 
 @dataclasses.dataclass(frozen=True)
 class Context:
@@ -66,7 +57,7 @@ class Context:
   target_reference: np.ndarray  # (M,) pooled target training intensities, for histmatch
   step: int = 0  # Training step of the parameters.
   model_folder: str = ""  # Where the parameters came from: a shipped folder or a workdir's checkpoints.
-  faint: FaintModel | None = None  # lmi's model for sources of little structure (`lmi_model`).
+  faint: model_store.FaintModel | None = None  # lmi's model for sources of little structure (`lmi_model`).
   progress: sampling.ProgressFn | None = None  # Host callback of the sampler's steps.
   baselines: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # name -> parameters.
   # Compiled samplers kept across calls (method name -> (pmapped function, its progress)), with
@@ -75,6 +66,7 @@ class Context:
   runners: dict | None = None
   segmenter: segmentation.KMeansSegmenter | None = None  # The target K-means, whose centroids source_kmeans draws its classes at.
   volumes: np.ndarray | None = None  # (N,) volume id of each source slice: source_kmeans clusters volume by volume; None: one volume.
+  lowres: "Context | None" = None  # The low-resolution model lmi starts from (sampling.lowres_model; lmi_jax/multiscale.py).
 
 
 def lmi_batch(ctx: Context, source: jax.Array, key: jax.Array,
@@ -141,6 +133,14 @@ def lmi_model(ctx: Context, source: np.ndarray) -> Context:
 
 
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
+  """lmi of (N, H, W, 1) sources; with a low-resolution model (`ctx.lowres`), that model's
+  translation of the shrunk sources made full resolution (`multiscale.refine`)."""
+  if ctx.lowres is not None:
+    start_key, key = jax.random.split(key)
+    canvas = int(ctx.lowres.config.data.image_size)
+    small = multiscale.resize_slices(source, (canvas, canvas))
+    start = multiscale.resize_slices(translate_lmi(ctx.lowres, small, start_key), source.shape[1:3])
+    return multiscale.refine(ctx, lmi_reference(ctx, source), start, key)
   ctx = lmi_model(ctx, source)
   return inference.run_batched(lambda c, s, k: lmi_batch(c, s, k)[0], ctx, lmi_reference(ctx, source),
                      key, "lmi")
@@ -253,10 +253,11 @@ def load_model(ctx: Context, config: ml_collections.ConfigDict, workdir: str) ->
   shipped = checkpoints.shipped_folder(config, workdir)
   folder = shipped or checkpoints.score_folder(workdir)
   faint = checkpoints.load_faint(config, shipped)
-  return dataclasses.replace(ctx, model=create_model(config.model), variables=variables,
-                             sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi),
-                             config=config, step=step, model_folder=folder,
-                             faint=None if faint is None else FaintModel(*faint))
+  ctx = dataclasses.replace(ctx, model=create_model(config.model), variables=variables,
+                            sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi),
+                            config=config, step=step, model_folder=folder,
+                            faint=None if faint is None else model_store.FaintModel(*faint))
+  return multiscale.load_lowres(ctx)
 
 
 def sampling_key(config: ml_collections.ConfigDict) -> jax.Array:

@@ -9,6 +9,7 @@ import os
 import matplotlib.image
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from configs import tiny
 from lmi_jax import evaluation, figures, metrics, segmentation, translate
@@ -442,3 +443,46 @@ def test_eval_scores_source_kmeans_per_subject(tmp_path):
   paths = evaluation.write_report(report, str(tmp_path))
   with open(paths["csv"]) as f:
     assert [row["method"] for row in csv.DictReader(f)] == list(methods)
+
+
+def test_edge_correlation_matches_scipy_sobel_and_ignores_contrast():
+  rng = np.random.default_rng(3)
+  ref = ndimage.gaussian_filter(rng.random((40, 48)), 2.0)
+  noisy = ref + 0.02 * rng.standard_normal(ref.shape)
+  mask = np.zeros(ref.shape, bool)
+  mask[5:35, 6:40] = True
+  # scipy's Sobel (unnormalised kernels) has magnitudes proportional to skimage's in the
+  # interior; the correlation does not see the scale.
+  magnitude = lambda x: np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1))
+  expected = np.corrcoef(magnitude(noisy)[mask], magnitude(ref)[mask])[0, 1]
+  assert metrics.edge_correlation(noisy, ref, mask) == pytest.approx(expected, abs=1e-9)
+  # A translation with the reference's edges at inverted contrast scores 1, noise about 0.
+  assert metrics.edge_correlation(0.9 - 0.5 * ref, ref) == pytest.approx(1.0, abs=1e-9)
+  assert abs(metrics.edge_correlation(rng.random(ref.shape), ref)) < 0.15
+  assert math.isnan(metrics.edge_correlation(np.ones_like(ref), ref))
+
+
+def test_through_plane_ratio_on_a_ramp_with_alternating_offsets():
+  # Truth rises by s per slice; the translation adds +d / -d on alternate slices, so its
+  # neighbours differ by s + 2d and s - 2d, as often each (13 slices, 12 pairs): the ratio
+  # is 1 + 4 d^2 / s^2.
+  s, d = 0.05, 0.02
+  z = np.arange(13)
+  truth = np.broadcast_to(s * z, (6, 7, 13)).copy()
+  volume = truth + d * (-1.0) ** z
+  mask = np.ones(truth.shape, bool)
+  mask[0] = False
+  assert metrics.through_plane_ratio(truth, truth, mask) == pytest.approx(1.0)
+  assert metrics.through_plane_ratio(volume, truth, mask) == pytest.approx(1 + 4 * d**2 / s**2)
+
+
+def test_reports_carry_the_edge_correlation(segmenter, report_inputs):
+  target, _, labels, outputs = report_inputs
+  report = evaluation.evaluate_methods(outputs, target, segmenter, labels=labels)
+  for name, output in outputs.items():
+    per_slice = [metrics.edge_correlation(o, t) for o, t in zip(output, target)]
+    assert report["methods"][name]["edge_corr"]["mean"] == pytest.approx(np.nanmean(per_slice))
+  assert report["methods"]["identity"]["edge_corr"]["mean"] == pytest.approx(1.0)
+  for name in ("noisy", "source"):  # The edges kept, blurred by noise or moved at the brain's rim.
+    assert 0.5 < report["methods"][name]["edge_corr"]["mean"] < 0.99
+  assert "Edge correlation" in evaluation.report_markdown(report)

@@ -16,6 +16,8 @@ chosen ones and normalises on that slab. The result is cached as workdir/cache/<
 hash covering the whole data config, a pipeline version and the input files' sizes and times.
 """
 
+import functools
+import glob
 import hashlib
 import json
 import os
@@ -36,6 +38,7 @@ SLICE_SELECTS = ("range", "brain")
 SPLITS = ("train", "val", "test")
 _VERSION = 2  # Bump whenever the pipeline's output changes, so stale caches are not reused.
 _PROGRESS_EVERY = (10, 30.0)  # A progress line after this many subjects or seconds, whichever first.
+EXTRA_SUBJECT_ID = 100_000  # Subject id of the first data.extra_targets volume.
 _MIN_COVERAGE = 0.95  # Share of a target slice's foreground the source must cover.
 
 Pair = dict[str, object]
@@ -47,6 +50,10 @@ def check_data_config(data: ml_collections.ConfigDict) -> None:
   require = key_checker("data", data)
   require(data.dataset in DATASETS, "dataset", f"choose one of {DATASETS}")
   require(data.image_size >= 8, "image_size", "use at least 8 pixels")
+  require(data.pixel_mm >= 0, "pixel_mm", "use a pixel size in mm, or 0 to fit the canvas")
+  require(isinstance(data.extra_targets, (tuple, list)) and
+          all(isinstance(p, str) and p for p in data.extra_targets), "extra_targets",
+          "give a tuple of file globs, e.g. ('oasis/*/T1.nii.gz',)")
   require(data.slices_per_subject >= 1, "slices_per_subject", "take at least one slice")
   lo, hi = data.slice_range
   require(0.0 <= lo <= hi <= 1.0, "slice_range", "give (lo, hi) with 0 <= lo <= hi <= 1")
@@ -170,6 +177,29 @@ def _file_subjects(data: ml_collections.ConfigDict) -> tuple[list[Subject], list
   return subjects, fingerprint
 
 
+def extra_target_paths(data: ml_collections.ConfigDict) -> list[str]:
+  """The files data.extra_targets' globs match, sorted; InputError for a glob matching none."""
+  found = set()
+  for pattern in data.extra_targets:
+    matched = [p for p in glob.glob(pattern) if os.path.isfile(p)]
+    if not matched:
+      raise InputError(f"data.extra_targets: {pattern!r} matches no file; fix the glob (relative "
+                       "to the working directory) or remove it.")
+    found.update(matched)
+  return sorted(found)
+
+
+def target_only_slices(path: str, data: ml_collections.ConfigDict) -> np.ndarray:
+  """(S, H, W, 1) float32 normalised target slices of a volume with no source
+  (data.extra_targets), chosen and sampled as `pair_slices` chooses and samples a target's."""
+  target, affine = nifti.load_volume(path)
+  target = skull_stripped(target, affine, path, data)
+  normalised = slicing.normalize(target, data.p_lo, data.p_hi, data.mask)
+  return slicing.volume_to_slices(normalised, nifti.voxel_sizes(affine), data.image_size,
+                                  choose_slices(target, data, path),
+                                  pixel_mm=float(data.pixel_mm))[..., None]
+
+
 def pair_slices(pair: Pair, data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Normalised source/target (and label) slices of one subject on the target's grid.
 
@@ -210,14 +240,14 @@ def pair_slices(pair: Pair, data: ml_collections.ConfigDict) -> dict[str, np.nda
           f"axial slice {z} of {pair['target_name']}; check both headers (affines), set "
           "data.register=True, or narrow data.slice_range.")
   spacing = nifti.voxel_sizes(target_affine)
-  size = data.image_size
-  out = {"source": slicing.volume_to_slices(planes, spacing, size, range(len(indices)))[..., None],
-         "target": slicing.volume_to_slices(target_n, spacing, size, indices)[..., None]}
+  to_slices = functools.partial(slicing.volume_to_slices, spacing=spacing, size=data.image_size,
+                                pixel_mm=float(data.pixel_mm))
+  out = {"source": to_slices(planes, indices=range(len(indices)))[..., None],
+         "target": to_slices(target_n, indices=indices)[..., None]}
   if "labels" in pair:
-    labels = pair["labels"].astype(np.int32)
-    out["labels"] = slicing.volume_to_slices(labels, spacing, size, indices, order=0)
+    out["labels"] = to_slices(pair["labels"].astype(np.int32), indices=indices, order=0)
   if "exclude" in pair:
-    out["exclude"] = slicing.volume_to_slices(pair["exclude"], spacing, size, indices, order=0)
+    out["exclude"] = to_slices(pair["exclude"], indices=indices, order=0)
   return out
 
 
@@ -274,16 +304,20 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
     {"train", "val", "test"} -> {"source", "target": (N, H, W, 1) float32 in [0, 1],
     "labels": (N, H, W) int32 (0 background, 1 CSF, 2 GM, 3 WM; phantom only),
     "exclude": (N, H, W) bool (data.exclude_glob only), "subject": (N,) int32}. source / target are the modalities data.source / data.target.
+    With data.extra_targets also "extra" -> {"target", "subject"} (ids from EXTRA_SUBJECT_ID on):
+    target-only slices of other subjects, which only the score model trains on.
   """
   data = config.data
   check_data_config(data)
   subjects, fingerprint = (_phantom_subjects if data.dataset == "phantom" else _file_subjects)(data)
+  extras = extra_target_paths(data)
+  fingerprint += [[p, os.path.getsize(p), os.path.getmtime(p)] for p in extras]
   path = cache_path(data, workdir, fingerprint)
   if os.path.exists(path):
     logging.info("Data: reading the cache %s", path)
     return _load(path)
   splits = split_subjects(subjects, data)
-  total, done, start = sum(len(s) for s in splits.values()), 0, time.time()
+  total, done, start = sum(len(s) for s in splits.values()) + len(extras), 0, time.time()
   last = [0, start]  # Subjects done and time at the last progress line.
 
   def progress() -> None:
@@ -294,6 +328,14 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
       logging.info("Data (%s): %d/%d subjects, %.1f s", data.dataset, done, total, now - start)
       last[:] = done, now
   dataset = {split: _build_split(splits[split], data, progress) for split in SPLITS}
+  if extras:
+    parts = []
+    for extra in extras:
+      parts.append(target_only_slices(extra, data))
+      progress()
+    dataset["extra"] = {"target": np.concatenate(parts),
+                        "subject": np.repeat(EXTRA_SUBJECT_ID + np.arange(len(parts), dtype=np.int32),
+                                             [len(p) for p in parts])}
   _save(path, dataset)
   logging.info("Data: cached %s", path)
   return dataset

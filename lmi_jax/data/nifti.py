@@ -149,6 +149,7 @@ class SliceGeometry:
   """Where slices came from: the volume file and the canonical axial index of each slice."""
   reference_path: str
   indices: tuple[int, ...]
+  pixel_mm: float = 0.0  # The slices' pixel size (data.pixel_mm; 0: the longer side spans them).
 
 
 _MIN_ZERO_SHARE = 0.1  # A skull-stripped scan has at least this share of voxels exactly 0.
@@ -226,8 +227,9 @@ def volume_slices(volume: np.ndarray, affine: np.ndarray, path: str,
   else:
     indices = np.arange(volume.shape[2])
   volume = slicing.normalize(volume, data.p_lo, data.p_hi, data.mask)
-  slices = slicing.volume_to_slices(volume, voxel_sizes(affine), data.image_size, indices)
-  return slices[..., None], SliceGeometry(path, tuple(int(z) for z in indices))
+  slices = slicing.volume_to_slices(volume, voxel_sizes(affine), data.image_size, indices,
+                                    pixel_mm=float(data.pixel_mm))
+  return slices[..., None], SliceGeometry(path, tuple(int(z) for z in indices), float(data.pixel_mm))
 
 
 def _orientation(path: str) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -296,7 +298,8 @@ def write_translation(slices: np.ndarray, reference: str | SliceGeometry, out_pa
   indices = reference.indices or tuple(range(canonical_shape[2]))
   if len(indices) != len(slices):
     raise ValueError(f"{len(slices)} slices for {len(indices)} axial positions of {path}.")
-  volume = slicing.slices_to_volume(slices, canonical_shape, voxel_sizes(canonical_affine), indices)
+  volume = slicing.slices_to_volume(slices, canonical_shape, voxel_sizes(canonical_affine), indices,
+                                    reference.pixel_mm)
   volume = to_file_order(volume, path)
   if keep is not None:
     volume = volume * keep

@@ -3,9 +3,12 @@
 Slice geometry (one place, used both ways). Volumes are canonical (RAS): axis 0 runs left to
 right, axis 1 posterior to anterior, axis 2 inferior to superior. Axial slice z is
 `rot90(volume[:, :, z])`, an (Y, X) image with anterior at the top and the subject's right on
-the right. It is resized so both in-plane voxel sizes become one pixel size (the longer
-physical side spans image_size pixels) and centred on an image_size x image_size canvas of
-zeros; `slices_to_volume` crops the canvas and resizes back.
+the right. It is resized so both in-plane voxel sizes become one pixel size and centred on an
+image_size x image_size canvas of zeros; `slices_to_volume` crops the canvas and resizes back.
+The pixel size is either the one that makes the longer physical side span the canvas
+(pixel_mm = 0: a fixed number of pixels per slice, whatever the field of view) or pixel_mm
+itself (a fixed resolution: the scan's own for 1 mm scans at pixel_mm = 1; the field of view
+must fit the canvas).
 """
 
 from collections.abc import Sequence
@@ -114,27 +117,37 @@ def brain_slices(tissue: np.ndarray, count: int, min_fraction: float, name: str)
   return chosen
 
 
-def _fit(shape: tuple[int, int], spacing: tuple[float, float],
-         size: int) -> tuple[tuple[int, int], tuple[int, int]]:
-  """Resized shape and canvas offset of an (H, W) slice with pixel spacing (dy, dx) on size x size."""
+def _fit(shape: tuple[int, int], spacing: tuple[float, float], size: int,
+         pixel_mm: float = 0.0) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Resized shape and canvas offset of an (H, W) slice with pixel spacing (dy, dx) on
+  size x size, at pixel_mm per pixel (0: the longer side spans the canvas)."""
   extent = (shape[0] * spacing[0], shape[1] * spacing[1])
-  scale = size / max(extent)
-  inner = tuple(int(min(size, max(1, round(e * scale)))) for e in extent)
+  if pixel_mm > 0:
+    inner = tuple(max(1, round(e / pixel_mm)) for e in extent)
+    if max(inner) > size:
+      raise InputError(
+          f"a field of view of {extent[0]:.0f} x {extent[1]:.0f} mm at data.pixel_mm={pixel_mm} "
+          f"needs {inner[0]} x {inner[1]} pixels, more than data.image_size={size}; raise "
+          "data.image_size (a multiple of 16) or crop the scan.")
+  else:
+    scale = size / max(extent)
+    inner = tuple(int(min(size, max(1, round(e * scale)))) for e in extent)
   return inner, ((size - inner[0]) // 2, (size - inner[1]) // 2)
 
 
 def volume_to_slices(volume: np.ndarray, spacing: Sequence[float], size: int, indices: Sequence[int],
-                     order: int = 1) -> np.ndarray:
+                     order: int = 1, pixel_mm: float = 0.0) -> np.ndarray:
   """Axial slices on a square canvas (see the module docstring).
 
   Args:
     volume: (X, Y, Z) canonical volume; spacing: its (3,) voxel sizes in mm.
     order: interpolation order, 1 for images, 0 for labels.
+    pixel_mm: the slices' pixel size (0: the longer side spans the canvas).
   Returns:
     (N, size, size) of volume's dtype (float32 for images), N = len(indices).
   """
   plane = (volume.shape[1], volume.shape[0])
-  inner, (oy, ox) = _fit(plane, (spacing[1], spacing[0]), size)
+  inner, (oy, ox) = _fit(plane, (spacing[1], spacing[0]), size, pixel_mm)
   shrinking = inner[0] < plane[0] or inner[1] < plane[1]
   out = np.zeros((len(indices), size, size), volume.dtype)
   for n, z in enumerate(indices):
@@ -146,19 +159,20 @@ def volume_to_slices(volume: np.ndarray, spacing: Sequence[float], size: int, in
 
 
 def slices_to_volume(slices: np.ndarray, shape: Sequence[int], spacing: Sequence[float],
-                     indices: Sequence[int]) -> np.ndarray:
+                     indices: Sequence[int], pixel_mm: float = 0.0) -> np.ndarray:
   """Inverse of `volume_to_slices` for images: slices back onto a canonical grid.
 
   Args:
     slices: (N, size, size) float.
     shape: (X, Y, Z) of the canonical grid; spacing: its (3,) voxel sizes in mm.
     indices: (N,) axial index of each slice; other slices of the result stay 0.
+    pixel_mm: the pixel size they were made with.
   Returns:
     (X, Y, Z) float32.
   """
   size = slices.shape[-1]
   plane = (shape[1], shape[0])
-  inner, (oy, ox) = _fit(plane, (spacing[1], spacing[0]), size)
+  inner, (oy, ox) = _fit(plane, (spacing[1], spacing[0]), size, pixel_mm)
   shrinking = plane[0] < inner[0] or plane[1] < inner[1]
   volume = np.zeros(tuple(shape), np.float32)
   for image, z in zip(slices, indices):

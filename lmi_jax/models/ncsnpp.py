@@ -33,6 +33,7 @@ class NCSNpp(nn.Module):
   ch_mult: Sequence[int] = (1, 2, 2, 2)
   num_res_blocks: int = 2
   attn_resolutions: Sequence[int] = (16,)
+  mid_attention: bool = True  # Self-attention at the bottleneck (False, with no attn_resolutions: fully convolutional).
   dropout: float = 0.1
   resblock_type: str = "biggan"
   resamp_with_conv: bool = True
@@ -111,7 +112,8 @@ class NCSNpp(nn.Module):
       hs.append(h)
 
     h = res(h.shape[-1])(hs[-1], temb, train)
-    h = attn()(h)
+    if self.mid_attention:
+      h = attn()(h)
     h = res(h.shape[-1])(h, temb, train)
 
     # Decoder: one more block per level than the encoder, eating the skips in reverse.

@@ -1,0 +1,38 @@
+"""Real scans at their own resolution: a T1w prior at 1 mm trained on every real 1 mm T1w here.
+
+The prior is fully convolutional and trains on 64 x 64 crops of 1 mm axial slices, so it
+learns local T1w appearance (what LMI guidance needs), not one field of view's layout, and
+runs on whole slices of any size. Training sees T1w only: the seven BraTS training patients
+of configs/brats_flair2t1.py (the same subject split, so its validation and test patients
+stay out) and 30 healthy OASIS adults (data.extra_targets). The 2 mm IXI heads are left out:
+upsampled to 1 mm they would teach blur.
+
+Licences: OASIS is CC BY-NC 3.0, so a model trained with this config is for non-commercial
+use only; the BraTS data ask for the BraTS papers to be cited (../shared/data/README.md).
+
+  python main.py --config=configs/real_t1.py --workdir=runs/real_t1 --mode=train \\
+      --config.training.time_limit_min=70
+"""
+
+import ml_collections
+
+from configs import brats_flair2t1
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = brats_flair2t1.get_config()
+  data = config.data
+  data.pixel_mm = 1.0
+  data.image_size = 256  # The canvas: BraTS's 240 mm and most brains' fields of view fit at 1 mm.
+  data.extra_targets = ("../shared/data/oasis_malf_t1/*/T1.nii.gz",)
+
+  model = config.model
+  model.attn_resolutions = ()
+  model.mid_attention = False
+
+  training = config.training
+  training.crop_size = 64
+  training.sample_every = 1000
+  training.checkpoint_every = 200
+  config.sampling.pretrained = "checkpoints/real_t1"
+  return config
