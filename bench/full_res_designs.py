@@ -45,10 +45,7 @@ def main(argv: list[str]) -> None:
   key = translate.sampling_key(config)
   start_key, refine_key = jax.random.split(key)
   began = time.time()
-  canvas = int(ctx.lowres.config.data.image_size)
-  small = multiscale.resize_slices(source, (canvas, canvas))
-  start = multiscale.resize_slices(translate.translate_lmi(ctx.lowres, small, start_key),
-                                   source.shape[1:3])
+  start = multiscale.lowres_start(ctx, source, start_key, translate.translate_lmi)
   seconds["none"] = time.time() - began
   outputs["none"] = translate.inside_source_brain(config, source, start)
   reference = translate.lmi_reference(ctx, source)

@@ -3,7 +3,8 @@
 A prior trained on 1 mm crops (configs/real_t1.py) knows local T1w appearance but not a whole
 slice's layout, which a low-resolution model does know, without the detail. So a shipped
 low-resolution model first translates the source shrunk to its own canvas; the result is
-enlarged back and made full resolution by `sampling.lowres_refine`:
+enlarged back (the mean of sampling.lowres_samples draws: less noise from slice to slice) and
+made full resolution by `sampling.lowres_refine`:
 
 - diffusion: noised to time `sampling.lowres_t0` and taken down to 0 by the full-resolution
   model, guided by LMI with the full-resolution source (SDEdit's start, Meng et al. 2022, with
@@ -18,6 +19,7 @@ enlarged back and made full resolution by `sampling.lowres_refine`:
 import dataclasses
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import jax
@@ -72,6 +74,19 @@ def resize_slices(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.stack([transform.resize(image, (*size, image.shape[-1]), order=1,
                                     anti_aliasing=shrinking, preserve_range=True)
                    for image in images]).astype(np.float32)
+
+
+def lowres_start(ctx: "Context", source: np.ndarray, key: jax.Array,
+                 translate_lmi: Callable[["Context", np.ndarray, jax.Array], np.ndarray]) -> np.ndarray:
+  """The low-resolution model's translation of (N, H, W, 1) sources shrunk to its canvas,
+  averaged over sampling.lowres_samples draws (keys folded 0, 1, ...) and enlarged back:
+  (N, H, W, 1). `translate_lmi` is lmi's entry point, which the low-resolution context runs
+  as it would alone (its faint-contrast model included)."""
+  canvas = int(ctx.lowres.config.data.image_size)
+  small = resize_slices(source, (canvas, canvas))
+  draws = int(ctx.config.sampling.lowres_samples)
+  mean = sum(translate_lmi(ctx.lowres, small, jax.random.fold_in(key, i)) for i in range(draws)) / draws
+  return resize_slices(mean, source.shape[1:3])
 
 
 def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float) -> np.ndarray:

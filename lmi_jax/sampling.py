@@ -316,6 +316,7 @@ def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
   require(isinstance(cfg.lowres_model, str), "lowres_model", "give a shipped model folder, or ''")
   require(cfg.lowres_refine in LOWRES_REFINES, "lowres_refine", f"choose one of {LOWRES_REFINES}")
   require(0.0 < cfg.lowres_t0 <= 1.0, "lowres_t0", "use a time in (0, 1]")
+  require(cfg.lowres_samples >= 1, "lowres_samples", "use at least one draw")
   require(cfg.guided_radius >= 1, "guided_radius", "use a radius of at least 1 pixel")
   require(cfg.guided_eps > 0, "guided_eps", "use a positive ridge")
 

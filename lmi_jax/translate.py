@@ -137,9 +137,7 @@ def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarra
   translation of the shrunk sources made full resolution (`multiscale.refine`)."""
   if ctx.lowres is not None:
     start_key, key = jax.random.split(key)
-    canvas = int(ctx.lowres.config.data.image_size)
-    small = multiscale.resize_slices(source, (canvas, canvas))
-    start = multiscale.resize_slices(translate_lmi(ctx.lowres, small, start_key), source.shape[1:3])
+    start = multiscale.lowres_start(ctx, source, start_key, translate_lmi)
     return multiscale.refine(ctx, lmi_reference(ctx, source), start, key)
   ctx = lmi_model(ctx, source)
   return inference.run_batched(lambda c, s, k: lmi_batch(c, s, k)[0], ctx, lmi_reference(ctx, source),

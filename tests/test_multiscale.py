@@ -155,3 +155,13 @@ def test_lmi_refines_a_low_resolution_translation(cases, trained_on_cases, tmp_p
       outputs["guided"],
       np.clip(multiscale.guided_filter(reference, outputs["none"], 4, 0.01), 0, 1), atol=1e-5)
   assert np.abs(outputs["diffusion"] - outputs["none"]).mean() > 1e-3
+  # Two draws of the start are averaged before it is enlarged.
+  config.sampling.lowres_samples = 2
+  start_key = jax.random.key(1)
+  canvas = ctx.lowres.config.data.image_size
+  small = multiscale.resize_slices(source, (canvas, canvas))
+  draws = [translate.translate_lmi(ctx.lowres, small, jax.random.fold_in(start_key, i)) for i in (0, 1)]
+  assert np.abs(draws[0] - draws[1]).mean() > 1e-3
+  np.testing.assert_allclose(
+      multiscale.lowres_start(ctx, source, start_key, translate.translate_lmi),
+      multiscale.resize_slices((draws[0] + draws[1]) / 2, source.shape[1:3]), atol=1e-5)
