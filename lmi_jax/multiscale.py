@@ -124,12 +124,19 @@ def refine(ctx: "Context", reference: np.ndarray, start: np.ndarray, key: jax.Ar
   if cfg.lowres_refine == "guided":
     return np.clip(guided_filter(reference, start, int(cfg.guided_radius),
                                  float(cfg.guided_eps)), 0.0, 1.0)
-  # Only the box holding every slice's brain is sampled: a third of a 1 mm BraTS canvas.
-  box = content_box(reference, multiple=2 ** (len(ctx.config.model.ch_mult) - 1))
-  packed = np.concatenate([reference[box], start[box]], axis=-1)
-  out = np.zeros_like(start)
-  out[box] = inference.run_batched(refine_batch, ctx, packed, key, "lmi refine",
-                                   t_start=float(cfg.lowres_t0))
+  packed = np.concatenate([reference, start], axis=-1)
+  return in_content_box(ctx, packed, lambda inside: inference.run_batched(
+      refine_batch, ctx, inside, key, "lmi refine", t_start=float(cfg.lowres_t0)))
+
+
+def in_content_box(ctx: "Context", images: np.ndarray,
+                   run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+  """`run` (N, H', W', C) -> (N, H', W', 1) applied to the box of (N, H, W, C) `images`
+  holding every slice's brain (`content_box` of channel 0), 0 outside it: at a fixed pixel
+  size the canvas is larger than the brain (a 1 mm BraTS brain fills a third of it)."""
+  box = content_box(images[..., :1], multiple=2 ** (len(ctx.config.model.ch_mult) - 1))
+  out = np.zeros((*images.shape[:-1], 1), np.float32)
+  out[box] = run(images[box])
   return out
 
 

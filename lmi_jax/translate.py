@@ -140,8 +140,11 @@ def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarra
     start = multiscale.lowres_start(ctx, source, start_key, translate_lmi)
     return multiscale.refine(ctx, lmi_reference(ctx, source), start, key)
   ctx = lmi_model(ctx, source)
-  return inference.run_batched(lambda c, s, k: lmi_batch(c, s, k)[0], ctx, lmi_reference(ctx, source),
-                     key, "lmi")
+  run = lambda reference: inference.run_batched(lambda c, s, k: lmi_batch(c, s, k)[0], ctx,
+                                                reference, key, "lmi")
+  if ctx.config.data.pixel_mm > 0:
+    return multiscale.in_content_box(ctx, lmi_reference(ctx, source), run)
+  return run(lmi_reference(ctx, source))
 
 
 def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
