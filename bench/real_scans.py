@@ -25,7 +25,7 @@ a row's segmentation and the true T1w segmented by the same model's K-means (sou
 the --config model's); PSNR, SSIM and edge correlation (`metrics.edge_correlation`) per axial
 slice against the normalised true T1w, averaged; through-plane ratio
 (`metrics.through_plane_ratio`: 1 is as smooth across slices as the truth); seconds per
-volume. Prints one Markdown table per set and writes WORKDIR/real_scans.json.
+volume. Prints one Markdown table per set and writes WORKDIR/real_scans_<sets>.json.
 """
 
 import dataclasses
@@ -53,6 +53,7 @@ config_flags.DEFINE_config_file("lowres_config", None, "Config of the 64 px mode
 flags.DEFINE_string("workdir", None, "Outputs go to WORKDIR/<row>/samples.")
 flags.DEFINE_string("data", "../shared/data", "The shared data folder.")
 flags.DEFINE_list("sets", ["brats", "ljubljana", "icbm"], "Sets to run.")
+flags.DEFINE_list("patients", [], "Ljubljana patients to run (folder names; empty: all).")
 flags.DEFINE_list("rows", ["lmi", "lmi_64px", "cyclegan", "supervised", "source_kmeans",
                            "identity"], "Rows to compute.")
 flags.mark_flags_as_required(["config", "lowres_config", "workdir"])
@@ -82,11 +83,12 @@ def brats_cases(root: str, lowres: ml_collections.ConfigDict) -> list[Case]:
           for _, name, _ in test]
 
 
-def ljubljana_cases(root: str) -> list[Case]:
+def ljubljana_cases(root: str, patients: list[str]) -> list[Case]:
   folder = os.path.join(root, "ljubljana_ms_mni")
   return [Case("ljubljana", f"{p}_{c}", c, os.path.join(folder, p, f"{c}.nii.gz"),
                os.path.join(folder, p, "T1.nii.gz"), os.path.join(folder, p, "lesions.nii.gz"))
-          for p in sorted(os.listdir(folder)) for c in ("T2", "FLAIR")]
+          for p in sorted(os.listdir(folder)) if not patients or p in patients
+          for c in ("T2", "FLAIR")]
 
 
 def icbm_cases(root: str, workdir: str) -> list[Case]:
@@ -166,7 +168,7 @@ def main(argv: list[str]) -> None:
   host.split_host(int(config.host_devices))
   os.makedirs(args.workdir, exist_ok=True)
   makers = {"brats": lambda: brats_cases(args.data, lowres),
-            "ljubljana": lambda: ljubljana_cases(args.data),
+            "ljubljana": lambda: ljubljana_cases(args.data, args.patients),
             "icbm": lambda: icbm_cases(args.data, args.workdir)}
   cases = [c for s in args.sets for c in makers[s]()]
   row_dir = lambda row: os.path.join(args.workdir, row)
@@ -217,7 +219,7 @@ def main(argv: list[str]) -> None:
       entry["rows"]["identity"] = score(source_n, seg(full_segmenter, source_n), truth_n,
                                         truth_labels, brain, outside, case.labels)
     results.append(entry)
-  with atomic_path(os.path.join(args.workdir, "real_scans.json")) as temporary:
+  with atomic_path(os.path.join(args.workdir, f"real_scans_{'_'.join(args.sets)}.json")) as temporary:
     with open(temporary, "w") as f:
       json.dump(results, f, indent=1)
   print(f"{jax.devices()[0].device_kind} x {len(jax.devices())}, {platform.machine()}, "

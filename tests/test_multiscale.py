@@ -5,11 +5,13 @@ import os
 import textwrap
 
 import jax
+import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from made_scans import brats_like, train_briefly
-from lmi_jax import multiscale, pretrained, train, translate
+from lmi_jax import multiscale, pretrained, scans, train, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -165,3 +167,30 @@ def test_lmi_refines_a_low_resolution_translation(cases, trained_on_cases, tmp_p
   np.testing.assert_allclose(
       multiscale.lowres_start(ctx, source, start_key, translate.translate_lmi),
       multiscale.resize_slices((draws[0] + draws[1]) / 2, source.shape[1:3]), atol=1e-5)
+
+
+def test_the_shipped_1mm_model_translates_a_scan_at_its_own_resolution(cases, tmp_path):
+  """configs/real_t1.py as a user runs it (--mode=sample --input=), with nothing but the
+  shipped folders (checkpoints/real_t1 and the 64 px checkpoints/brats_t1 it starts from): a
+  skull-stripped FLAIR of 1 mm voxels comes back on its own grid, zero outside its brain,
+  at its resolution (the 64 px start alone could not carry its 1 mm edges)."""
+  from configs import real_t1
+  config = real_t1.get_config()
+  config.data.root = str(tmp_path / "no_data_here")
+  config.data.extra_targets = ()
+  config.sampling.batch_size = 4
+  config.sampling.lowres_samples, config.sampling.nfe = 1, 9  # The shipped sampler, shortened.
+  # Five 1 mm axial slices of a case's FLAIR, upsampled from its 4 mm voxels.
+  flair = nib.load(str(cases / "case_0" / "FLAIR.nii.gz"))
+  middle = flair.shape[2] // 2
+  volume = ndimage.zoom(np.asarray(flair.dataobj)[:, :, middle - 1:middle + 1], (4, 4, 2.5), order=1)
+  volume = np.where(volume > 1.0, volume, 0.0).astype(np.float32)
+  path = str(tmp_path / "flair_1mm.nii.gz")
+  nib.save(nib.Nifti1Image(volume, np.diag([-1.0, -1.0, 1.0, 1.0])), path)
+  record = scans.sample_scans(config, str(tmp_path / "run"), [path])[0]
+  assert record["model_step"] == 7350 and record["lowres_model"].endswith("brats_t1")
+  translated = np.asarray(nib.load(record["outputs"]["translated.nii.gz"]).dataobj)
+  assert translated.shape == volume.shape and np.isfinite(translated).all()
+  assert translated[volume == 0].max() == 0 and translated[volume > 0].mean() > 0.2
+  labels = np.asarray(nib.load(record["outputs"]["segmentation.nii.gz"]).dataobj)
+  assert {1, 2, 3} <= set(np.unique(labels[volume > 0]))
