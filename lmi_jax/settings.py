@@ -3,34 +3,45 @@
 Each section's keys are checked where they are used (`dataset.check_data_config`,
 `sampling.check_sampling_config`, `lmi.from_config`, ...); `check_config` runs those that every
 mode needs and adds two rules over all keys: every number is finite, and every seed fits a
-PRNG seed.
+PRNG seed. The training section's checks live here too (`check_training_config`,
+`check_crop_config`), run by `--mode=train` once the devices are known.
 """
 
 import math
+from collections.abc import Iterator
+from typing import Any
 
+import jax
 import ml_collections
 
 from lmi_jax import sampling
 from lmi_jax.data import dataset
-from lmi_jax.errors import InputError
+from lmi_jax.errors import InputError, key_checker
 
 # jax.random.PRNGKey and numpy's generators take seeds in [0, 2**32); fold_in takes 32 bits.
 _SEED_LIMIT = 2**32
 
 
-def _leaves(config: ml_collections.ConfigDict, prefix: str = ""):
+def leaves(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """(dotted name, value) of every key of a config, depth first."""
   for key, value in config.items():
     name = f"{prefix}{key}"
     if isinstance(value, ml_collections.ConfigDict):
-      yield from _leaves(value, name + ".")
+      yield from leaves(value, name + ".")
     else:
       yield name, value
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """config as flat dotted names -> int, float, str or bool (tuples as strings)."""
+  return {name: value if isinstance(value, (int, float, str, bool)) else str(value)
+          for name, value in leaves(config)}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raise InputError naming the first key with an unusable value: a NaN or infinite number
   anywhere, a seed outside [0, 2**32), or a bad data.* / sampling.* value."""
-  for name, value in _leaves(config):
+  for name, value in leaves(config):
     numbers = value if isinstance(value, (tuple, list)) else (value,)
     if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
       raise InputError(f"{name}={value!r}: not a finite number; give a finite value "
@@ -40,3 +51,43 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise InputError(f"{name}={value!r}: a seed is an integer in [0, 2**32).")
   dataset.check_data_config(config.data)
   sampling.check_sampling_config(config.sampling)
+
+
+def check_training_config(training: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raise InputError naming the first `training.*` key with an unusable value."""
+  require = key_checker("training", training)
+  require(training.batch_size > 0, "batch_size", "use a positive global batch")
+  require(training.batch_size % num_devices == 0, "batch_size",
+          f"the global batch must divide evenly over the {num_devices} devices "
+          f"({jax.process_count()} host(s)); use a multiple of {num_devices}")
+  require(training.num_steps >= 0, "num_steps", "use a count >= 0")
+  require(training.lr > 0, "lr", "use a positive learning rate")
+  require(training.warmup_steps >= 0, "warmup_steps", "use a count >= 0")
+  require(training.grad_clip >= 0, "grad_clip", "use a norm >= 0 (0: no clipping)")
+  require(0.0 <= training.ema_decay < 1.0, "ema_decay", "use a decay in [0, 1)")
+  require(0.0 < training.eps < 1.0, "eps", "use a time in (0, 1)")
+  require(0.0 <= training.p_uncond <= 1.0, "p_uncond", "use a probability in [0, 1]")
+  require(0.0 <= training.cond_aug <= 1.0, "cond_aug", "use a probability in [0, 1]")
+  require(training.cond_aug_knots >= 2, "cond_aug_knots", "use a count >= 2")
+  require(0.0 < training.cond_aug_noise <= 1.0, "cond_aug_noise", "use a std in (0, 1]")
+  for key in ("log_every", "checkpoint_every", "max_to_keep", "prefetch", "num_samples"):
+    require(training[key] >= 1, key, "use a count >= 1")
+  for key in ("sample_every", "sample_steps"):
+    require(training[key] >= 0, key, "use a count >= 0")
+  require(training.time_limit_min >= 0, "time_limit_min", "use minutes >= 0 (0: no limit)")
+  require(training.crop_size >= 0, "crop_size", "use a size >= 0 (0: whole slices)")
+
+
+def check_crop_config(config: ml_collections.ConfigDict) -> None:
+  """Raise InputError when training.crop_size does not suit the data or the model: a model
+  trained on crops runs on whole slices, which only a fully convolutional one can."""
+  crop = config.training.crop_size
+  if not crop:
+    return
+  if crop > config.data.image_size:
+    raise InputError(f"training.crop_size={crop} exceeds data.image_size={config.data.image_size}; "
+                     "use a smaller crop.")
+  if config.model.get("mid_attention", False) or tuple(config.model.get("attn_resolutions", ())):
+    raise InputError(f"training.crop_size={crop} trains on crops but model.mid_attention / "
+                     "model.attn_resolutions add self-attention, whose reach would differ on whole "
+                     "slices; set model.mid_attention=False and model.attn_resolutions=().")

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -36,10 +36,10 @@ from clu import metrics
 from flax import jax_utils
 from jax.experimental import multihost_utils
 
-from lmi_jax import checkpoints, files, lmi, losses, sampling, writers
+from lmi_jax import checkpoints, files, lmi, losses, sampling, settings, writers
 from lmi_jax.baselines import BASELINES
-from lmi_jax.data import load_dataset
-from lmi_jax.errors import InputError, key_checker
+from lmi_jax.data import load_dataset, train_batches
+from lmi_jax.errors import InputError
 from lmi_jax.models import (count_params, create_model, init_variables, lmi_score,
                             unconditional_score)
 from lmi_jax.sde import SDE, sde_from_config
@@ -103,47 +103,7 @@ TrainMetrics = metrics.Collection.create(
 
 
 # --------------------------------------------------------------------------------------
-# Configuration checks, the optimizer and the initial state
-
-
-def check_training_config(training: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raise InputError naming the first `training.*` key with an unusable value."""
-  require = key_checker("training", training)
-  require(training.batch_size > 0, "batch_size", "use a positive global batch")
-  require(training.batch_size % num_devices == 0, "batch_size",
-          f"the global batch must divide evenly over the {num_devices} devices "
-          f"({jax.process_count()} host(s)); use a multiple of {num_devices}")
-  require(training.num_steps >= 0, "num_steps", "use a count >= 0")
-  require(training.lr > 0, "lr", "use a positive learning rate")
-  require(training.warmup_steps >= 0, "warmup_steps", "use a count >= 0")
-  require(training.grad_clip >= 0, "grad_clip", "use a norm >= 0 (0: no clipping)")
-  require(0.0 <= training.ema_decay < 1.0, "ema_decay", "use a decay in [0, 1)")
-  require(0.0 < training.eps < 1.0, "eps", "use a time in (0, 1)")
-  require(0.0 <= training.p_uncond <= 1.0, "p_uncond", "use a probability in [0, 1]")
-  require(0.0 <= training.cond_aug <= 1.0, "cond_aug", "use a probability in [0, 1]")
-  require(training.cond_aug_knots >= 2, "cond_aug_knots", "use a count >= 2")
-  require(0.0 < training.cond_aug_noise <= 1.0, "cond_aug_noise", "use a std in (0, 1]")
-  for key in ("log_every", "checkpoint_every", "max_to_keep", "prefetch", "num_samples"):
-    require(training[key] >= 1, key, "use a count >= 1")
-  for key in ("sample_every", "sample_steps"):
-    require(training[key] >= 0, key, "use a count >= 0")
-  require(training.time_limit_min >= 0, "time_limit_min", "use minutes >= 0 (0: no limit)")
-  require(training.crop_size >= 0, "crop_size", "use a size >= 0 (0: whole slices)")
-
-
-def check_crop_config(config: ml_collections.ConfigDict) -> None:
-  """Raise InputError when training.crop_size does not suit the data or the model: a model
-  trained on crops runs on whole slices, which only a fully convolutional one can."""
-  crop = config.training.crop_size
-  if not crop:
-    return
-  if crop > config.data.image_size:
-    raise InputError(f"training.crop_size={crop} exceeds data.image_size={config.data.image_size}; "
-                     "use a smaller crop.")
-  if config.model.get("mid_attention", False) or tuple(config.model.get("attn_resolutions", ())):
-    raise InputError(f"training.crop_size={crop} trains on crops but model.mid_attention / "
-                     "model.attn_resolutions add self-attention, whose reach would differ on whole "
-                     "slices; set model.mid_attention=False and model.attn_resolutions=().")
+# The optimizer and the initial state (the training.* checks: lmi_jax/settings.py)
 
 
 def learning_rate(cfg: StepConfig) -> optax.Schedule:
@@ -227,67 +187,6 @@ p_train_step = jax.pmap(train_step, axis_name=AXIS, static_broadcasted_argnums=(
 
 
 # --------------------------------------------------------------------------------------
-# Host input pipeline
-
-
-def global_batch(seed: int, step: int, num_examples: int, batch_size: int,
-                 hflip: bool) -> tuple[np.ndarray, np.ndarray]:
-  """Rows of the training set (batch_size,) and horizontal flips (batch_size,) bool of a step.
-
-  A function of (seed, step) alone, so every host draws the same global batch and a
-  resumed run draws what the uninterrupted run would have.
-  """
-  rng = np.random.default_rng([seed, step])
-  rows = rng.choice(num_examples, batch_size, replace=num_examples < batch_size)
-  flips = rng.random(batch_size) < 0.5 if hflip else np.zeros(batch_size, bool)
-  return rows, flips
-
-
-def brain_crops(images: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-  """(B, size, size, C) crops of (B, H, W, C) images, each centred (as far as the canvas
-  allows) on a pixel drawn uniformly from its brain (non-zero pixels; anywhere if none), so
-  crops hold tissue in proportion to where it is."""
-  height, width = images.shape[1:3]
-  out = np.empty((len(images), size, size, images.shape[3]), images.dtype)
-  for n, image in enumerate(images):
-    inside = np.flatnonzero(image[..., 0] > 0)
-    centre = rng.choice(inside) if len(inside) else rng.integers(height * width)
-    y, x = divmod(int(centre), width)
-    top = int(np.clip(y - size // 2, 0, height - size))
-    left = int(np.clip(x - size // 2, 0, width - size))
-    out[n] = image[top:top + size, left:left + size]
-  return out
-
-
-def host_batches(images: np.ndarray, seed: int, start_step: int, batch_size: int, hflip: bool,
-                 process_index: int, process_count: int, local_devices: int,
-                 crop_size: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """This host's share of every global batch from start_step on, split per local device.
-
-  Args:
-    images: (N, H, W, 1) float32 training slices.
-    crop_size: >0: each slice is replaced by a `brain_crops` crop of this size, drawn from
-      (seed, step) alone like the batch.
-  Yields:
-    "image" (local_devices, b, S, S, 1), S = crop_size or H = W, and "index"
-    (local_devices, b) int32, the rows of the global batch they hold;
-    b = batch_size / (process_count * local_devices).
-  """
-  per_host = batch_size // process_count
-  own = np.arange(process_index * per_host, (process_index + 1) * per_host)
-  step = start_step
-  while True:
-    rows, flips = global_batch(seed, step, len(images), batch_size, hflip)
-    x = images[rows[own]]
-    if crop_size:
-      x = brain_crops(images[rows], np.random.default_rng([seed, step, 1]), crop_size)[own]
-    x = np.where(flips[own, None, None, None], x[:, :, ::-1], x)
-    yield {"image": x.reshape(local_devices, -1, *x.shape[1:]),
-           "index": own.astype(np.int32).reshape(local_devices, -1)}
-    step += 1
-
-
-# --------------------------------------------------------------------------------------
 # Sample grid
 
 
@@ -333,20 +232,6 @@ def initialize_distributed(training: ml_collections.ConfigDict) -> None:
   jax.distributed.initialize(coordinator_address=training.coordinator_address,
                              num_processes=training.num_processes,
                              process_id=training.process_id)
-
-
-def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """config as flat dotted names -> int, float, str or bool (tuples as strings)."""
-  flat = {}
-
-  def walk(prefix: str, node: ml_collections.ConfigDict) -> None:
-    for key, value in node.items():
-      if isinstance(value, ml_collections.ConfigDict):
-        walk(f"{prefix}{key}.", value)
-      else:
-        flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-  walk("", config)
-  return flat
 
 
 class Progress:
@@ -438,7 +323,7 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
   progress = Progress(writer, learning_rate(cfg), start_step, training.num_steps,
                       training.batch_size)
   batches = jax_utils.prefetch_to_device(
-      host_batches(images, config.seed, start_step, training.batch_size, training.hflip,
+      train_batches.host_batches(images, config.seed, start_step, training.batch_size, training.hflip,
                    jax.process_index(), jax.process_count(), jax.local_device_count(),
                    training.crop_size),
       training.prefetch, axis_name=AXIS)
@@ -447,7 +332,7 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
   rstate = jax_utils.replicate(state, axis_name=AXIS)
   previews = images[:training.num_samples]
   if training.crop_size:
-    previews = brain_crops(previews, np.random.default_rng(config.seed), training.crop_size)
+    previews = train_batches.brain_crops(previews, np.random.default_rng(config.seed), training.crop_size)
   start = time.perf_counter()
   for step in range(start_step + 1, training.num_steps + 1):
     rstate, step_metrics = p_train_step(rstate, next(batches), cfg)
@@ -500,8 +385,8 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
   """
   training = config.training
   initialize_distributed(training)
-  check_training_config(training, jax.device_count())
-  check_crop_config(config)
+  settings.check_training_config(training, jax.device_count())
+  settings.check_crop_config(config)
   lead_host = jax.process_index() == 0
   files.prepare_dir(workdir)
   if lead_host:
@@ -526,7 +411,7 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
                jax.device_count(), jax.process_count())
   with contextlib.closing(writers.TensorBoardWriter(workdir if lead_host else None)) as writer:
     if int(state.step) == 0:
-      writer.write_hparams(flat_hparams(config))
+      writer.write_hparams(settings.flat_hparams(config))
     state = run_steps(config, workdir, cfg, state, images, manager, writer)
   manager.close()  # Waits for the last checkpoint's background writes.
   return state

@@ -11,7 +11,8 @@ import pytest
 from scipy import ndimage
 
 from made_scans import brats_like, train_briefly
-from lmi_jax import multiscale, pretrained, scans, train, translate
+from lmi_jax import multiscale, pretrained, scans, settings, translate
+from lmi_jax.data import train_batches
 from lmi_jax.data import load_dataset
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -80,9 +81,9 @@ def test_slices_at_a_fixed_pixel_size_keep_the_scale_and_come_back():
 def test_brain_crops_are_centred_on_brain_and_drawn_from_seed_and_step():
   images = np.zeros((4, 48, 48, 1), np.float32)
   images[:, 30:40, 5:12] = 1.0  # A small brain near a corner: crops must still hold it.
-  crops = train.brain_crops(images, np.random.default_rng([0, 5, 1]), 16)
+  crops = train_batches.brain_crops(images, np.random.default_rng([0, 5, 1]), 16)
   assert crops.shape == (4, 16, 16, 1) and all(c.sum() > 0 for c in crops)
-  batches = lambda start: train.host_batches(images, 0, start, 4, True, 0, 1, 2, crop_size=16)
+  batches = lambda start: train_batches.host_batches(images, 0, start, 4, True, 0, 1, 2, crop_size=16)
   resumed, uninterrupted = next(batches(3)), next(b for i, b in enumerate(batches(0)) if i == 3)
   np.testing.assert_array_equal(resumed["image"], uninterrupted["image"])
   assert resumed["image"].shape == (2, 2, 16, 16, 1)
@@ -92,12 +93,12 @@ def test_crop_training_needs_a_fully_convolutional_model(cases):
   config = brats_like(cases)
   config.training.crop_size = 16
   with pytest.raises(InputError, match="model.mid_attention"):
-    train.check_crop_config(config)
+    settings.check_crop_config(config)
   config.model.attn_resolutions, config.model.mid_attention = (), False
-  train.check_crop_config(config)
+  settings.check_crop_config(config)
   config.training.crop_size = 64
   with pytest.raises(InputError, match="crop_size=64 exceeds"):
-    train.check_crop_config(config)
+    settings.check_crop_config(config)
 
 
 def full_resolution_config(cases):

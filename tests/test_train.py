@@ -20,7 +20,8 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from configs import tiny
-from lmi_jax import checkpoints, losses, models, train, writers
+from lmi_jax import checkpoints, losses, models, settings, train, writers
+from lmi_jax.data import train_batches
 from lmi_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,27 +189,27 @@ def test_two_processes_match_one(reference, tmp_path, jax_cache):
 
 def test_host_batches_split_the_global_batch():
   images = np.random.default_rng(0).random((10, 4, 4, 1), np.float32)
-  whole = next(train.host_batches(images, 0, 5, 4, True, 0, 1, 1))
-  shares = [next(train.host_batches(images, 0, 5, 4, True, p, 2, 2)) for p in range(2)]
+  whole = next(train_batches.host_batches(images, 0, 5, 4, True, 0, 1, 1))
+  shares = [next(train_batches.host_batches(images, 0, 5, 4, True, p, 2, 2)) for p in range(2)]
   assert shares[0]["image"].shape == (2, 1, 4, 4, 1)
   np.testing.assert_array_equal(
       np.concatenate([s["image"].reshape(-1, 4, 4, 1) for s in shares]), whole["image"][0])
   np.testing.assert_array_equal(np.concatenate([s["index"].ravel() for s in shares]), np.arange(4))
-  rows, flips = train.global_batch(0, 5, 10, 4, True)
+  rows, flips = train_batches.global_batch(0, 5, 10, 4, True)
   for x, row, flip in zip(whole["image"][0], rows, flips):
     np.testing.assert_array_equal(x, images[row, :, ::-1] if flip else images[row])
 
 
 def test_batch_must_divide_over_the_devices():
   with pytest.raises(InputError, match="training.batch_size"):
-    train.check_training_config(tiny_config().training, num_devices=3)
+    settings.check_training_config(tiny_config().training, num_devices=3)
 
 
 @pytest.mark.parametrize("key,value", [("cond_aug", 1.5), ("cond_aug_knots", 1),
                                        ("cond_aug_noise", 0.0)])
 def test_bad_conditioning_augmentation_is_named(key, value):
   with pytest.raises(InputError, match=f"training.{key}"):
-    train.check_training_config(tiny_config(**{f"training__{key}": value}).training, 1)
+    settings.check_training_config(tiny_config(**{f"training__{key}": value}).training, 1)
 
 
 def test_null_features_replace_only_the_dropped_examples():
