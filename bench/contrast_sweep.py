@@ -301,8 +301,8 @@ def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
                       methods: tuple[str, ...], model: tuple[str, int, int | None]
                       ) -> dict[str, np.ndarray]:
   """Each method's (N, H, W, 1) translation, reusing OUT/outputs/<name>.npz entries made
-  with the same settings and score model (`score_model`). Methods keep their index in METHOD_NAMES for their noise key, so a
-  run of lmi alone draws the noise it draws in a full run."""
+  with the same settings and score model (`score_model`). Each method draws the noise of
+  `translate.method_key`, so a run of lmi alone draws the noise it draws in a full run."""
   path = os.path.join(args.out, "outputs", name.replace("=", "_").replace(",", "-") + ".npz")
   stored = dict(np.load(path)) if os.path.isfile(path) else {}
   outputs = {}
@@ -312,9 +312,8 @@ def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
       outputs[method] = stored[f"{method}/{key}"]
       continue
     start = time.time()
-    noise_key = jax.random.fold_in(translate.sampling_key(config), METHOD_NAMES.index(method))
     outputs[method] = translate.inside_source_brain(
-        config, source, translate.METHODS[method](ctx, source, noise_key))
+        config, source, translate.METHODS[method](ctx, source, translate.method_key(config, method)))
     logging.info("%s %s: %d slices in %.1f s", name, method, len(source), time.time() - start)
     stored[f"{method}/{key}"] = outputs[method]
     files.save_npz(path, **stored)

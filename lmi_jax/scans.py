@@ -245,7 +245,7 @@ def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegment
   geometry, report, warning = loaded.geometry, loaded.structure, loaded.warning
   logging.info("%s: translating the %d axial slices that hold brain.", scan.path, len(slices))
   chosen = translate.lmi_model(ctx, slices)
-  translated = translate.translate_lmi(chosen, slices, translate.sampling_key(config))
+  translated = translate.translate_lmi(chosen, slices, translate.method_key(config, "lmi"))
   translated = translate.inside_source_brain(config, slices, translated)
   if not np.all(np.isfinite(translated)):
     raise InputError(f"{scan.path}: the translation is not finite; check the sampling.* and "

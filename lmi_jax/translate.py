@@ -226,6 +226,12 @@ METHODS = {
     "stylegan": functools.partial(translate_baseline, "stylegan"),
     "supervised": functools.partial(translate_baseline, "supervised"),
 }
+# Each method's noise stream, folded into the sampling key by name so that a method's numbers
+# do not depend on where it stands in eval.methods or on which mode runs it. The numbers are
+# the positions of the documented tables' order (Table 1: lmi,sdedit,cyclegan,stylegan,
+# histmatch,identity,supervised), so those tables keep their values.
+STREAMS = {"lmi": 0, "sdedit": 1, "cyclegan": 2, "stylegan": 3, "histmatch": 4, "identity": 5,
+           "supervised": 6, "source_kmeans": 7, "source_kmeans_best": 8}
 # Methods that see paired source/target training data: reports mark them as not zero-shot.
 NOT_ZERO_SHOT = ("supervised",)
 # Methods whose classes scoring renames to fit the true target best (evaluation.best_naming).
@@ -264,6 +270,11 @@ def load_model(ctx: Context, config: ml_collections.ConfigDict, workdir: str) ->
 def sampling_key(config: ml_collections.ConfigDict) -> jax.Array:
   """The translation key: the root seed folded with `sampling.seed`."""
   return jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), int(config.sampling.seed))
+
+
+def method_key(config: ml_collections.ConfigDict, name: str) -> jax.Array:
+  """The key of method `name` (a key of `METHODS`): the sampling key folded with its stream."""
+  return jax.random.fold_in(sampling_key(config), STREAMS[name])
 
 
 def check_methods(names) -> tuple[str, ...]:
@@ -354,14 +365,13 @@ def run_methods(ctx: Context, methods: tuple[str, ...],
                 source: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Each method's translation of (N, H, W, 1) sources, and its wall time in seconds.
 
-  Method i draws its noise from fold_in(sampling_key, i), as `--mode=eval` always has.
+  Each method draws its noise from `method_key`, whatever the order of `methods`.
   """
-  key = sampling_key(ctx.config)
   outputs, seconds = {}, {}
-  for index, name in enumerate(methods):
+  for name in methods:
     start = time.time()
     outputs[name] = inside_source_brain(
-        ctx.config, source, METHODS[name](ctx, source, jax.random.fold_in(key, index)))
+        ctx.config, source, METHODS[name](ctx, source, method_key(ctx.config, name)))
     seconds[name] = time.time() - start
     logging.info("%s: %d slices in %.1f s", name, len(source), seconds[name])
   return outputs, seconds

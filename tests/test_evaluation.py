@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import jax
 import matplotlib.image
 import numpy as np
 import pytest
@@ -486,3 +487,22 @@ def test_reports_carry_the_edge_correlation(segmenter, report_inputs):
   for name in ("noisy", "source"):  # The edges kept, blurred by noise or moved at the brain's rim.
     assert 0.5 < report["methods"][name]["edge_corr"]["mean"] < 0.99
   assert "Edge correlation" in evaluation.report_markdown(report)
+
+
+def test_method_noise_does_not_depend_on_the_order_of_eval_methods(monkeypatch):
+  """Each method's key comes from its name (translate.method_key), not its place in
+  eval.methods: lmi and sdedit, given key-dependent stand-ins, return the same outputs in
+  either order, different from each other, and lmi's is drawn from the key --mode=sample uses."""
+  draw = lambda ctx, source, key: np.asarray(jax.random.uniform(key, source.shape))
+  monkeypatch.setitem(translate.METHODS, "lmi", draw)
+  monkeypatch.setitem(translate.METHODS, "sdedit", draw)
+  config = tiny.get_config()
+  config.data.mask = "none"
+  ctx = translate.Context(None, None, None, None, config, None)
+  source = np.full((2, 8, 8, 1), 0.5, np.float32)
+  forward, _ = translate.run_methods(ctx, ("lmi", "sdedit", "identity"), source)
+  backward, _ = translate.run_methods(ctx, ("identity", "sdedit", "lmi"), source)
+  for name in ("lmi", "sdedit", "identity"):
+    np.testing.assert_array_equal(forward[name], backward[name])
+  assert not np.allclose(forward["lmi"], forward["sdedit"])
+  np.testing.assert_array_equal(forward["lmi"], draw(None, source, translate.method_key(config, "lmi")))
