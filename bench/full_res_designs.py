@@ -6,10 +6,17 @@ start shared by all, so their differences are paired:
 
 Rows: the low-resolution model's translation enlarged (`none`), made full resolution by the
 guided filter over a small grid of radius and ridge, by LMI-guided diffusion from a few start
-times, and lmi at full resolution from the prior (no low-resolution start); source_kmeans
-and identity beside them. Scores as `--mode=eval` (Dice, PSNR, SSIM, edge correlation,
-inside the brain), with the paired difference to `none` and its standard error across
-slices; seconds per slice. Prints one Markdown table.
+times and with other samplers or budgets (`--samplers`), from fewer or more averaged
+low-resolution draws (`--draws`), and lmi at full resolution from the prior (no
+low-resolution start); source_kmeans and identity beside them. Scores as `--mode=eval`
+(Dice, PSNR, SSIM, edge correlation, inside the brain), with the paired difference to
+`--paired_to` and its standard error across slices; network evaluations per slice at full
+and at low resolution; seconds per slice. Prints one Markdown table. The sampler budget of
+issue 27 was chosen with
+
+  python bench/full_res_designs.py --config=configs/real_t1.py --workdir=runs/designs \
+      --config.eval.split=val --config.eval.max_slices=40 --t0=0.7 --guided= --from_prior=false \
+      --samplers=churn:21,dpm2m:15,heun:21 --draws=2 --paired_to="diffusion t0=0.7"
 """
 
 import dataclasses
@@ -20,7 +27,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import host, multiscale, translate
+from lmi_jax import host, multiscale, sampling, translate
 
 config_flags.DEFINE_config_file("config", None, "A config with sampling.lowres_model set.",
                                 lock_config=False)
@@ -29,6 +36,10 @@ flags.DEFINE_list("t0", ["0.3", "0.5"], "Start times of the diffusion rows.")
 flags.DEFINE_list("guided", ["2:0.001", "4:0.001", "4:0.01", "8:0.01"],
                   "radius:eps of the guided rows.")
 flags.DEFINE_bool("from_prior", True, "Add lmi at full resolution from the prior.")
+flags.DEFINE_list("samplers", [], "method:nfe of diffusion rows at the config's t0 (e.g. dpm2m:15).")
+flags.DEFINE_list("draws", [], "Numbers of low-resolution draws averaged, beside the config's "
+                  "(rows: enlarged, and diffusion with the config's sampler).")
+flags.DEFINE_string("paired_to", "none", "Row the paired differences are taken against.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,21 +53,33 @@ def main(argv: list[str]) -> None:
     raise SystemExit("set --config.sampling.lowres_model (e.g. checkpoints/brats_t1)")
   source = split["source"]
   outputs, seconds = translate.run_methods(ctx, methods, source)
-  # lmi's own key, so the row of the shipped design is what --mode=sample gives.
-  start_key, refine_key = jax.random.split(translate.method_key(config, "lmi"))
+  nfe = {name: (0, 0) for name in methods}  # Network evaluations per slice: (full res, low res).
+  lmi_key = translate.method_key(config, "lmi")
+  # lmi's own keys, so the row of the shipped design is what --mode=sample gives.
+  start_key, refine_key = jax.random.split(lmi_key)
+  configured = int(config.sampling.lowres_samples)
+  counts = sorted({configured, *map(int, flags.FLAGS.draws)})
+  lowres_nfe = sampling.network_evaluations(ctx.lowres.config.sampling)
   began = time.time()
-  start = multiscale.lowres_start(ctx, source, start_key, translate.translate_lmi)
-  seconds["none"] = time.time() - began
-  outputs["none"] = translate.inside_source_brain(config, source, start)
+  draws = multiscale.lowres_draws(ctx, source, start_key, translate.translate_lmi, max(counts))
+  per_draw = (time.time() - began) / len(draws)  # Every draw costs the same.
+  starts = {d: multiscale.enlarged_mean(draws[:d], source.shape[1:3]) for d in counts}
+  for d in counts:
+    name = "none" if d == configured else f"none, {d} draws"
+    outputs[name] = translate.inside_source_brain(config, source, starts[d])
+    seconds[name], nfe[name] = d * per_draw, (0, d * lowres_nfe)
   reference = translate.lmi_reference(ctx, source)
 
-  def run(name, **sampling):
+  def run(name: str, d: int = configured, **settings) -> None:
     cfg = config.copy_and_resolve_references()
-    cfg.sampling.update(sampling)
+    cfg.sampling.update(settings)
     began = time.time()
-    out = multiscale.refine(dataclasses.replace(ctx, config=cfg), reference, start, refine_key)
-    seconds[name] = seconds["none"] + time.time() - began
+    out = multiscale.refine(dataclasses.replace(ctx, config=cfg), reference, starts[d], refine_key)
+    seconds[name] = d * per_draw + time.time() - began
     outputs[name] = translate.inside_source_brain(config, source, out)
+    full = (sampling.network_evaluations(cfg.sampling, float(cfg.sampling.lowres_t0))
+            if cfg.sampling.lowres_refine == "diffusion" else 0)
+    nfe[name] = (full, d * lowres_nfe)
 
   for item in flags.FLAGS.guided:
     radius, eps = item.split(":")
@@ -64,25 +87,35 @@ def main(argv: list[str]) -> None:
         guided_eps=float(eps))
   for t0 in flags.FLAGS.t0:
     run(f"diffusion t0={t0}", lowres_refine="diffusion", lowres_t0=float(t0))
+  for item in flags.FLAGS.samplers:
+    method, count = item.split(":")
+    run(f"diffusion {method} nfe={count}", lowres_refine="diffusion", method=method, nfe=int(count))
+  for d in counts:
+    if d != configured:
+      run(f"diffusion, {d} draws", d, lowres_refine="diffusion")
   if flags.FLAGS.from_prior:
     began = time.time()
     outputs["from prior"] = translate.inside_source_brain(
-        config, source, translate.translate_lmi(dataclasses.replace(ctx, lowres=None), source, key))
+        config, source, translate.translate_lmi(dataclasses.replace(ctx, lowres=None), source, lmi_key))
     seconds["from prior"] = time.time() - began
+    nfe["from prior"] = (sampling.network_evaluations(config.sampling), 0)
   report = translate.score_split(config, outputs, split, segmenters)
-  base = report["methods"]["none"]["per_slice"]
+  paired_to = flags.FLAGS.paired_to
+  base = report["methods"][paired_to]["per_slice"]
   print(f"{config.eval.split} split, {len(source)} slices of {source.shape[1]} px "
         f"(data.pixel_mm={config.data.pixel_mm}); model step {ctx.step}, low-resolution "
-        f"{ctx.lowres.model_folder} step {ctx.lowres.step}\n")
-  print("| row | Dice | d Dice vs none (SE) | PSNR | SSIM | d SSIM (SE) | edge corr | s / slice |")
-  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        f"{ctx.lowres.model_folder} step {ctx.lowres.step}; sampler {config.sampling.method}, "
+        f"nfe {config.sampling.nfe}, t0 {config.sampling.lowres_t0}\n")
+  print(f"| row | NFE full res | NFE low res | Dice | d Dice vs {paired_to} (SE) | PSNR | SSIM "
+        "| d SSIM (SE) | edge corr | s / slice |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   for name, entry in report["methods"].items():
     per = entry["per_slice"]
     diff = lambda m: np.asarray(per[m]) - np.asarray(base[m])
     paired = lambda m: (f"{np.nanmean(diff(m)):+.3f} ({np.nanstd(diff(m)) / np.sqrt(np.sum(~np.isnan(diff(m)))):.3f})")
-    print(f"| {name} | {entry['dice']['mean']:.3f} | {paired('dice')} | {entry['psnr']['mean']:.2f} "
-          f"| {entry['ssim']['mean']:.3f} | {paired('ssim')} | {entry['edge_corr']['mean']:.3f} "
-          f"| {seconds[name] / len(source):.2f} |")
+    print(f"| {name} | {nfe[name][0]} | {nfe[name][1]} | {entry['dice']['mean']:.3f} "
+          f"| {paired('dice')} | {entry['psnr']['mean']:.2f} | {entry['ssim']['mean']:.3f} "
+          f"| {paired('ssim')} | {entry['edge_corr']['mean']:.3f} | {seconds[name] / len(source):.2f} |")
 
 
 if __name__ == "__main__":

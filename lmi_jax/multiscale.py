@@ -76,17 +76,31 @@ def resize_slices(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                    for image in images]).astype(np.float32)
 
 
-def lowres_start(ctx: "Context", source: np.ndarray, key: jax.Array,
-                 translate_lmi: Callable[["Context", np.ndarray, jax.Array], np.ndarray]) -> np.ndarray:
-  """The low-resolution model's translation of (N, H, W, 1) sources shrunk to its canvas,
-  averaged over sampling.lowres_samples draws (keys folded 0, 1, ...) and enlarged back:
-  (N, H, W, 1). `translate_lmi` is lmi's entry point, which the low-resolution context runs
-  as it would alone (its faint-contrast model included)."""
+TranslateFn = Callable[["Context", np.ndarray, jax.Array], np.ndarray]
+
+
+def lowres_draws(ctx: "Context", source: np.ndarray, key: jax.Array, translate_lmi: TranslateFn,
+                 draws: int) -> list[np.ndarray]:
+  """`draws` translations by the low-resolution model of (N, H, W, 1) sources shrunk to its
+  canvas (keys folded 0, 1, ...), each (N, h, h, 1) on that canvas. `translate_lmi` is lmi's
+  entry point, which the low-resolution context runs as it would alone (its faint-contrast
+  model included)."""
   canvas = int(ctx.lowres.config.data.image_size)
   small = resize_slices(source, (canvas, canvas))
-  draws = int(ctx.config.sampling.lowres_samples)
-  mean = sum(translate_lmi(ctx.lowres, small, jax.random.fold_in(key, i)) for i in range(draws)) / draws
-  return resize_slices(mean, source.shape[1:3])
+  return [translate_lmi(ctx.lowres, small, jax.random.fold_in(key, i)) for i in range(draws)]
+
+
+def enlarged_mean(draws: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+  """The mean of (N, h, h, 1) draws enlarged to (N, *size, 1)."""
+  return resize_slices(sum(draws) / len(draws), size)
+
+
+def lowres_start(ctx: "Context", source: np.ndarray, key: jax.Array,
+                 translate_lmi: TranslateFn) -> np.ndarray:
+  """The low-resolution model's translation of (N, H, W, 1) sources, the mean of
+  sampling.lowres_samples draws (`lowres_draws`) enlarged back: (N, H, W, 1)."""
+  draws = lowres_draws(ctx, source, key, translate_lmi, int(ctx.config.sampling.lowres_samples))
+  return enlarged_mean(draws, source.shape[1:3])
 
 
 def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float) -> np.ndarray:
