@@ -197,7 +197,7 @@ def get_config() -> ml_collections.ConfigDict:
   supervised.preview_every = 500  # Steps between previews in workdir/supervised (0: only at the end).
   supervised.time_limit_min = 0.0  # >0: stop with a checkpoint after this many minutes of a call; a rerun resumes.
 
-  # --- StyleGAN2-ADA inversion baseline (lmi_jax/baselines/stylegan.py) ------------
+  # --- StyleGAN2-ADA inversion baseline (lmi_jax/baselines/stylegan/) ------------
   config.stylegan = stylegan = ml_collections.ConfigDict()
   stylegan.z_dim = 64  # Latent z size (StyleGAN2: 512).
   stylegan.w_dim = 64  # Intermediate latent w size; W+ is (2 log2(image_size) - 2) x w_dim.

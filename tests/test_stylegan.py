@@ -1,9 +1,12 @@
-"""The StyleGAN2-ADA inversion baseline: modulated convolution against NumPy, ADA's p,
-the direction of the G and D steps, inversion of a generated latent, and load's checks.
+"""The StyleGAN2-ADA inversion baseline: modulated convolution against NumPy, ADA's p, the
+direction of the G and D steps, what each training phase updates and when the lazy ones run,
+inversion of a generated latent, and load's checks.
 
 Every network is the tiny config's 32 x 32 with a few channels.
 """
 
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +74,22 @@ def test_modulated_conv_matches_numpy_and_keeps_unit_variance():
   assert np.abs(y_raw[:, 1:-1, 1:-1].var(axis=(0, 1, 2)) - 1.0).max() > 1.0
 
 
+def stub_state(ada_p):
+  """A GanState at step 0 without networks, for `gan_iteration` driven by stub phases."""
+  zero = jnp.zeros((), jnp.float32)
+  return stylegan.GanState(step=jnp.asarray(0), key=None, g=None, d=None, g_ema=None,
+                           g_opt=None, d_opt=None, w_avg=None, pl_mean=zero,
+                           ada_p=jnp.asarray(ada_p), ada_sum=zero, ada_count=zero,
+                           ada_rt=zero, pl_penalty=zero, r1_penalty=zero)
+
+
+def signing_steps(sign):
+  """Stub G and D phases: D's sign on the reals is `sign`, accumulated as the D step does."""
+  return {"g": lambda state, images: (state, {}),
+          "d": lambda state, images: (state.replace(ada_sum=state.ada_sum + sign,
+                                                    ada_count=state.ada_count + 1), {})}
+
+
 def test_ada_p_rises_when_d_overfits_and_falls_otherwise():
   p = jnp.asarray(0.3)
   step = 8 * 4 / (100 * 1000.0)
@@ -85,21 +104,57 @@ def test_ada_p_rises_when_d_overfits_and_falls_otherwise():
   # says "real" to everything p has risen, and it falls for a D that says "fake".
   config = tiny_config(ada_interval=2, pl_weight=0.0, r1_gamma=0.0)
   settings = stylegan.GanSettings.from_config(config.stylegan)
-  zero = jnp.zeros((), jnp.float32)
-  state = stylegan.GanState(step=jnp.asarray(0), key=None, g=None, d=None, g_ema=None,
-                            g_opt=None, d_opt=None, w_avg=None, pl_mean=zero,
-                            ada_p=jnp.asarray(0.5), ada_sum=zero, ada_count=zero, ada_rt=zero,
-                            pl_penalty=zero, r1_penalty=zero)
+  state = stub_state(0.5)
   for sign in (1.0, -1.0):
-    fake_steps = {"g": lambda s, i: (s, {}),
-                  "d": lambda s, i, sign=sign: (s.replace(ada_sum=s.ada_sum + sign,
-                                                          ada_count=s.ada_count + 1), {})}
     start = float(state.ada_p)
     for _ in range(2):
-      state, metrics = stylegan.gan_iteration(fake_steps, state, None, settings,
+      state, metrics = stylegan.gan_iteration(signing_steps(sign), state, None, settings,
                                               config.stylegan)
     assert np.sign(float(state.ada_p) - start) == sign
     assert float(metrics["ada_rt"]) == sign
+
+
+def test_ada_moves_p_every_ada_interval_steps_by_the_mean_sign():
+  # Signs 1, 1, -1 over an interval of 3: r_t = 1/3 is below the target 0.6, so p falls
+  # although D called most reals real; p waits for the interval's last step.
+  config = tiny_config(ada_interval=3, ada_target=0.6, ada_kimg=100.0, pl_weight=0.0,
+                       r1_gamma=0.0)
+  settings = stylegan.GanSettings.from_config(config.stylegan)
+  state = stub_state(0.5)
+  for t, sign in enumerate((1.0, 1.0, -1.0)):
+    state, metrics = stylegan.gan_iteration(signing_steps(sign), state, None, settings,
+                                            config.stylegan)
+    if t < 2:
+      assert float(state.ada_p) == 0.5 and float(state.ada_count) == t + 1
+  assert float(state.ada_p) == pytest.approx(0.5 - 4 * 3 / (100 * 1000.0))
+  assert float(metrics["ada_rt"]) == pytest.approx(1 / 3)
+  assert float(state.ada_sum) == 0.0 and float(state.ada_count) == 0.0
+
+
+def recording_steps(calls):
+  """Stub phases that append (step, phase name) to `calls` and change nothing."""
+  def phase(name):
+    return lambda state, images: (calls.append((int(state.step), name)) or state, {})
+  return {name: phase(name) for name in ("g", "g_reg", "d", "d_reg")}
+
+
+@pytest.mark.parametrize("pl_weight, r1_gamma", [(2.0, 0.1), (0.0, 0.0)])
+def test_lazy_regularisation_runs_at_its_intervals(pl_weight, r1_gamma):
+  config = tiny_config(pl_interval=3, r1_interval=2, pl_weight=pl_weight, r1_gamma=r1_gamma,
+                       ada_interval=100)
+  settings = stylegan.GanSettings.from_config(config.stylegan)
+  state, calls = stub_state(0.0), []
+  for _ in range(6):
+    state, _ = stylegan.gan_iteration(recording_steps(calls), state, None, settings,
+                                      config.stylegan)
+  assert int(state.step) == 6
+  main = [(t, name) for t in range(6) for name in ("g", "d")]
+  if pl_weight == 0:
+    assert calls == main  # A weight of 0 turns its phase off.
+    return
+  assert calls == [(0, "g"), (0, "g_reg"), (0, "d"), (0, "d_reg"), (1, "g"), (1, "d"),
+                   (2, "g"), (2, "d"), (2, "d_reg"), (3, "g"), (3, "g_reg"), (3, "d"),
+                   (4, "g"), (4, "d"), (4, "d_reg"), (5, "g"), (5, "d")]
 
 
 def test_augment_is_identity_at_p0_and_differentiable():
@@ -147,6 +202,50 @@ def test_g_step_lowers_the_generator_loss(gan_setup):
   # Against the untrained discriminator: a steady fall (measured 0.725 -> 0.690).
   losses = repeated_losses(steps["g"], state, images, "loss_g")
   assert np.all(np.diff(losses) < 0) and losses[-1] < losses[0] - 0.02, losses
+
+
+def changed_fields(before, after):
+  """Names of the GanState fields whose arrays differ between two states."""
+  return {field.name for field in dataclasses.fields(before)
+          if not all(np.array_equal(a, b) for a, b in zip(
+              jax.tree.leaves(getattr(before, field.name)),
+              jax.tree.leaves(getattr(after, field.name))))}
+
+
+def test_d_phases_update_only_the_discriminator(gan_setup):
+  steps, state, images = gan_setup
+  after, metrics = steps["d"](state, images)
+  assert {"d", "d_opt"} <= changed_fields(state, after) <= {"d", "d_opt", "ada_sum",
+                                                             "ada_count"}
+  # ADA's accumulator: one more D step, and its mean sign of D on the reals.
+  assert float(after.ada_count) == 1.0
+  assert float(after.ada_sum) == float(metrics["real_sign"])
+  after, _ = steps["d_reg"](state, images)
+  assert changed_fields(state, after) == {"d", "d_opt", "r1_penalty"}
+  assert float(after.r1_penalty) > 0
+
+
+def test_g_phases_update_only_the_generator_and_its_ema(gan_setup):
+  steps, state, images = gan_setup
+  after, _ = steps["g"](state, images)
+  assert changed_fields(state, after) == {"g", "g_opt", "g_ema", "w_avg"}
+  # At step 0 no image has been seen: the ramped-up half-life is ~0 and the EMA is G.
+  jax.tree.map(np.testing.assert_array_equal, after.g_ema, after.g)
+
+  # At step 50 (200 images, ema_rampup 0.05) the half-life is 10 images: the EMA moves
+  # from where it was towards the updated G by 1 - 0.5^(4 / 10).
+  sg = tiny_config().stylegan
+  assert sg.ema_rampup == 0.05 and sg.ema_kimg * 1000 > 10
+  later = state.replace(step=jnp.asarray(50, jnp.int32),
+                        g_ema=jax.tree.map(lambda p: p + 1.0, state.g))
+  after, _ = steps["g"](later, images)
+  beta = 0.5 ** (4 / 10)
+  jax.tree.map(lambda e, old, g: np.testing.assert_allclose(
+      e, beta * old + (1 - beta) * g, rtol=1e-5, atol=1e-6), after.g_ema, later.g_ema, after.g)
+
+  after, _ = steps["g_reg"](state, images)
+  assert changed_fields(state, after) == {"g", "g_opt", "pl_mean", "pl_penalty"}
+  assert float(after.pl_mean) > 0 and float(after.pl_penalty) > 0
 
 
 def test_inversion_recovers_a_generated_latent():
