@@ -17,7 +17,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from lmi_jax import brain_extraction
+from lmi_jax import brain_extraction, masks
 from lmi_jax.data import nifti
 
 
@@ -66,7 +66,8 @@ def main() -> None:
         f"registration {np.mean(seconds):.1f} s per head (max {np.max(seconds):.1f}).")
   if args.icbm:
     priors = [nifti.load_volume(os.path.join(args.icbm, f"{t}.nii"))[0] for t in ("grey", "white", "csf")]
-    truth = ndimage.binary_fill_holes(sum(p / 255.0 if p.max() > 1.5 else p for p in priors) > 0.5)
+    truth = ndimage.binary_fill_holes(
+        masks.from_priors([p / 255.0 if p.max() > 1.5 else p for p in priors]))
     print(f"\n| ICBM152 head | Dice (margin {margins[chosen]:g} mm) | s |\n| --- | --- | --- |")
     for contrast in ("PD", "T2", "T1"):
       head, affine = nifti.load_volume(os.path.join(args.icbm, f"avg152{contrast}.nii"))

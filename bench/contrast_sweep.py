@@ -1,9 +1,9 @@
 """Faint-contrast sweep: lmi, sdedit, histmatch and identity against the source's tissue CNR.
 
-  python bench/contrast_sweep.py --split=val --lmi-override reference_map=none --out=runs/sweep/before
+  python bench/contrast_sweep.py --split=val --config.lmi.reference_map=none --out=runs/sweep/before
   python bench/contrast_sweep.py --split=val --methods=lmi \
       --baseline=runs/sweep/before/results.json --out=runs/sweep/after
-  python bench/contrast_sweep.py --split=val --features-only --out=runs/sweep/features
+  python bench/contrast_sweep.py --split=val --features_only --out=runs/sweep/features
 
 Variants of the source of a phantom split (config data.source, PDw by default), simulated
 again from each subject's seed with changed pure-tissue signals, so partial volume, bias
@@ -24,13 +24,14 @@ brain, both on the model's 64 x 64 grid after normalisation; the table gives its
 the slices. `structure` is `lmi_jax.structure.structure_score` (label-free) per slice,
 averaged.
 
-Candidates at inference change the lmi method only: --lmi-override edits config.lmi
-(key=value), e.g. reference_map=none (the source as it is: the sweep's "before") or another
+Candidates at inference change the lmi method only: --config.lmi.<key>=<value> overrides
+(ml_collections config_flags, as main.py takes them; --config.sampling.* likewise), e.g.
+--config.lmi.reference_map=none (the source as it is: the sweep's "before") or another
 map of `lmi_jax.reference_map` (stretching the brain's own range over the bins sets the bins
 and kernel width from the source's spread; flat_* first divide out the bias field). Every
 run uses the same slices and sampling noise, so --baseline (an earlier results.json) gives
 paired differences with standard errors.
---features-only measures the conditioning instead of translating: the cross-LMI map of
+--features_only measures the conditioning instead of translating: the cross-LMI map of
 (reference, x) against the map of (true target, x) for x = target + sigma noise, and the
 self map of the reference against the target's, as Pearson correlations inside the brain.
 
@@ -39,11 +40,9 @@ variant's translations in OUT/outputs/<variant>.npz, which a rerun with the same
 reuses. Prints Markdown tables.
 """
 
-import argparse
 import csv
 import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
 import math
@@ -53,13 +52,15 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from ml_collections import config_flags
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 from scipy import ndimage
 
-from lmi_jax import evaluation, files, host, lmi, reference_map, structure, translate
+from lmi_jax import evaluation, files, host, lmi, masks, reference_map, structure, translate
 from lmi_jax.data import dataset, nifti, phantom
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -160,7 +161,7 @@ def variant_slices(scan: SubjectScan, variant: Variant, data: ml_collections.Con
   scale = max(np.percentile(noisy[slicing.brain(noisy, data.mask)], data.p_hi) - lo,
               np.finfo(np.float32).tiny)
   clean_n = np.clip((clean - lo) / scale, 0.0, 1.0)
-  brain = scan.fractions.sum(0) > 0.5
+  brain = masks.from_priors(scan.fractions)
   shading = np.array([scan.shading[..., z][brain[..., z]].mean() for z in indices])
   gaps = np.abs(np.array([signals[a - 1] - signals[b - 1] for a, b in _ADJACENT]))
   size = data.image_size
@@ -226,7 +227,7 @@ def tissue_cnr(source: np.ndarray, clean: np.ndarray, gaps: np.ndarray,
   """(N,) tissue CNR per slice (module docstring): the mean of the (N, 2) tissue signal
   gaps over the noise std, the std of (N, H, W, 1) noisy less noise-free slices inside the
   (N, H, W) labels' brain."""
-  brain = labels > 0
+  brain = masks.labelled(labels)
   sigma = np.array([np.std((s - c)[..., 0][m]) for s, c, m in zip(source, clean, brain)])
   return gaps.mean(1) / sigma
 
@@ -234,42 +235,51 @@ def tissue_cnr(source: np.ndarray, clean: np.ndarray, gaps: np.ndarray,
 # --------------------------------------------------------------------------------------
 # Configuration
 
+config_flags.DEFINE_config_file(
+    "config", "configs/phantom_pd2t1_cpu.py",
+    "Config file; --config.lmi.* and --config.sampling.* change the run (the sweep's candidates).",
+    lock_config=True)
+flags.DEFINE_string("workdir", "runs/sweep",
+                    "Run folder: data cache; its checkpoint, else the shipped model.")
+flags.DEFINE_string("out", None, "Results folder.")
+flags.DEFINE_enum("split", "val", ["val", "test"],
+                  "config.eval.split: val for choices, test for the final table only.")
+flags.DEFINE_integer("max_slices", 0, "config.eval.max_slices: first slices of the split (0: all).")
+flags.DEFINE_string("source", "PD", "config.data.source (PD, T2).")
+flags.DEFINE_string("levels", "1,0.5,0.25,0.12,0.06,0.03", "Contrast scales c.")
+flags.DEFINE_string("noise", "2.5,5,10", "Noise std factors at c=1.")
+flags.DEFINE_multi_string("order", ["gm,csf,wm"],
+                          "Tissue order variant, e.g. gm,csf,wm (repeatable; '' for none).")
+flags.DEFINE_string("methods", ",".join(METHOD_NAMES), "Comma-separated.")
+flags.DEFINE_string("baseline", "", "An earlier results.json for paired ΔDice.")
+flags.DEFINE_bool("features_only", False, "Measure the conditioning maps instead of translating.")
+flags.DEFINE_list("feature_sigmas", ["0.05", "0.2", "0.5"],
+                  "Noise stds of x in the --features_only study.")
+flags.mark_flag_as_required("out")
+FLAGS = flags.FLAGS
 
-def _parse_value(text: str, current):
-  if isinstance(current, bool):
-    if text.lower() not in ("true", "false"):
-      raise ValueError(text)
-    return text.lower() == "true"
-  if isinstance(current, tuple):
-    return tuple(item for item in text.split("+"))
-  return type(current)(text)
 
-
-def load_config(path: str, source: str, overrides: list[str], split: str,
-                sampling: list[str]) -> ml_collections.ConfigDict:
-  """The config file's get_config() with data.source, eval.split and the key=value
-  overrides of config.lmi and config.sampling applied."""
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  if spec is None or spec.loader is None:
-    raise InputError(f"--config={path!r}: not a Python config file.")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.data.source = source
-  config.eval.split = split
-  for section, items in (("lmi", overrides), ("sampling", sampling)):
-    for text in items:
-      key, sep, value = text.partition("=")
-      if not sep or key not in config[section]:
-        raise InputError(f"--{section}-override {text!r}: expected key=value with a key of "
-                         f"config.{section} ({sorted(config[section])}).")
-      try:
-        config[section][key] = _parse_value(value, config[section][key])
-      except ValueError:
-        raise InputError(f"--{section}-override {text!r}: {value!r} is not of the type of "
-                         f"{config[section][key]!r}.") from None
-  lmi.from_config(config.lmi)
+def sweep_config() -> ml_collections.ConfigDict:
+  """--config with its overrides, and --source, --split and --max_slices set in it."""
+  config = FLAGS.config
+  config.data.source = FLAGS.source
+  config.eval.split = FLAGS.split
+  config.eval.max_slices = FLAGS.max_slices
   return config
+
+
+def trained_lmi() -> lmi.LMIConfig:
+  """The LMI settings of the --config file itself, without its --config.lmi.* overrides:
+  the conditioning the model was trained with."""
+  path = config_flags.get_config_filename(FLAGS["config"])
+  return lmi.from_config(ConfigFileFlagParser("trained").parse(path).lmi)
+
+
+def lmi_overrides() -> str:
+  """The --config.lmi.* overrides as key=value words, "" for none."""
+  overrides = config_flags.get_override_values(FLAGS["config"])
+  return " ".join(f"{key[len('lmi.'):]}={value}" for key, value in sorted(overrides.items())
+                  if key.startswith("lmi."))
 
 
 # --------------------------------------------------------------------------------------
@@ -285,11 +295,11 @@ def score_model(ctx: translate.Context) -> tuple[str, int, int | None]:
           ctx.faint.step if faint else None)
 
 
-def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, method: str,
+def _settings_key(config: ml_collections.ConfigDict, method: str,
                   model: tuple[str, int, int | None]) -> str:
   """What a method's output depends on besides the variant: lmi and sampling sections, the
   score model (`score_model`: its folder and steps), the split and the slice count."""
-  parts = [args.split, str(args.max_slices), config.data.source, method]
+  parts = [config.eval.split, str(config.eval.max_slices), config.data.source, method]
   if method in ("lmi", "sdedit"):
     parts += [config.lmi.to_json(sort_keys=True), config.sampling.to_json(sort_keys=True),
               *map(str, model)]
@@ -297,17 +307,17 @@ def _settings_key(config: ml_collections.ConfigDict, args: argparse.Namespace, m
 
 
 def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
-                      args: argparse.Namespace, name: str, source: np.ndarray,
+                      out: str, name: str, source: np.ndarray,
                       methods: tuple[str, ...], model: tuple[str, int, int | None]
                       ) -> dict[str, np.ndarray]:
   """Each method's (N, H, W, 1) translation, reusing OUT/outputs/<name>.npz entries made
   with the same settings and score model (`score_model`). Each method draws the noise of
   `translate.method_key`, so a run of lmi alone draws the noise it draws in a full run."""
-  path = os.path.join(args.out, "outputs", name.replace("=", "_").replace(",", "-") + ".npz")
+  path = os.path.join(out, "outputs", name.replace("=", "_").replace(",", "-") + ".npz")
   stored = dict(np.load(path)) if os.path.isfile(path) else {}
   outputs = {}
   for method in methods:
-    key = _settings_key(config, args, method, model)
+    key = _settings_key(config, method, model)
     if f"{method}/{key}" in stored:
       outputs[method] = stored[f"{method}/{key}"]
       continue
@@ -362,12 +372,12 @@ def feature_study(run_cfg: lmi.LMIConfig, trained_cfg: lmi.LMIConfig, sigmas: li
   Reference maps use `run_cfg`, target maps `trained_cfg`.
   """
   key = jax.random.PRNGKey(seed)
-  inside = np.stack([ndimage.binary_erosion(m, iterations=2) for m in labels > 0])
+  inside = np.stack([ndimage.binary_erosion(m, iterations=2) for m in masks.labelled(labels)])
   wrong = np.roll(target, 3, axis=0)
   both = inside & np.roll(inside, 3, axis=0)
 
-  def mean_in(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    return np.array([m[..., 0][k].mean() for m, k in zip(maps, masks)])
+  def mean_in(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    return np.array([m[..., 0][k].mean() for m, k in zip(maps, regions)])
 
   def corr(a: np.ndarray, b: np.ndarray) -> float:
     values = [np.corrcoef(x[..., 0][k], y[..., 0][k])[0, 1] for x, y, k in zip(a, b, inside)
@@ -478,100 +488,73 @@ def plot(rows: dict, methods: tuple[str, ...], path: str, title: str,
 # --------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/phantom_pd2t1_cpu.py", help="Config file.")
-  parser.add_argument("--workdir", default="runs/sweep",
-                      help="Run folder: data cache; its checkpoint, else the shipped model.")
-  parser.add_argument("--out", required=True, help="Results folder.")
-  parser.add_argument("--split", default="val", choices=("val", "test"),
-                      help="val for choices, test for the final table only.")
-  parser.add_argument("--max-slices", type=int, default=0, help="First slices of the split (0: all).")
-  parser.add_argument("--source", default="PD", help="config.data.source (PD, T2).")
-  parser.add_argument("--levels", default="1,0.5,0.25,0.12,0.06,0.03", help="Contrast scales c.")
-  parser.add_argument("--noise", default="2.5,5,10", help="Noise std factors at c=1.")
-  parser.add_argument("--order", action="append", default=None,
-                      help="Tissue order variant, e.g. gm,csf,wm (repeatable; default gm,csf,wm).")
-  parser.add_argument("--methods", default=",".join(METHOD_NAMES), help="Comma-separated.")
-  parser.add_argument("--lmi-override", nargs="*", default=[], metavar="KEY=VALUE",
-                      help="config.lmi changes for the lmi method, e.g. normalize=percentile.")
-  parser.add_argument("--sampling-override", nargs="*", default=[], metavar="KEY=VALUE",
-                      help="config.sampling changes, e.g. method=em.")
-  parser.add_argument("--baseline", default="", help="An earlier results.json for paired ΔDice.")
-  parser.add_argument("--features-only", action="store_true",
-                      help="Measure the conditioning maps instead of translating.")
-  parser.add_argument("--feature-sigmas", type=float, nargs="*", default=[0.05, 0.2, 0.5],
-                      help="Noise stds of x in the --features-only study.")
-  args = parser.parse_args(argv)
-  args.order = ["gm,csf,wm"] if args.order is None else [o for o in args.order if o]
-  return args
-
-
-def main(argv: list[str] | None = None) -> None:
-  args = parse_args(argv)
+def main(argv: list[str]) -> None:
+  del argv
   logging.set_verbosity(logging.INFO)
-  methods = translate.check_methods(tuple(m for m in args.methods.split(",") if m))
-  config = load_config(args.config, args.source, args.lmi_override, args.split,
-                       args.sampling_override)
-  config.eval.max_slices = args.max_slices
-  trained_lmi = lmi.from_config(load_config(args.config, args.source, [], args.split, []).lmi)
+  methods = translate.check_methods(tuple(m for m in FLAGS.methods.split(",") if m))
+  config = sweep_config()
+  run_lmi, trained = lmi.from_config(config.lmi), trained_lmi()
   host.split_host(int(config.host_devices))
-  variants = parse_variants(args.levels, args.noise, args.order)
-  needed = () if args.features_only else methods
-  split, segmenter, ctx = translate.prepare_split(config, args.workdir, needed)
+  variants = parse_variants(FLAGS.levels, FLAGS.noise, [o for o in FLAGS.order if o])
+  needed = () if FLAGS.features_only else methods
+  split, segmenter, ctx = translate.prepare_split(config, FLAGS.workdir, needed)
   model = score_model(ctx)
   made = make_variants(config, split, variants)
   baseline = None
-  if args.baseline:
-    with open(args.baseline) as f:
+  if FLAGS.baseline:
+    with open(FLAGS.baseline) as f:
       baseline = json.load(f)["rows"]
   rows, features = {}, {}
   for variant in variants:
     parts = made[variant.name]
     cnr = tissue_cnr(parts["source"], parts["clean"], parts["gaps"], split["labels"])
     scores = np.array([structure.structure_score(s, structure.brain_mask(s)) for s in parts["source"]])
-    if args.features_only:
+    if FLAGS.features_only:
       reference = reference_map.map_reference(parts["source"], str(config.lmi.reference_map),
                                               float(config.lmi.flatten_sigma))
       features[variant.name] = dict(cnr=float(np.nanmean(cnr)), structure=float(scores.mean()),
-                                    **feature_study(lmi.from_config(config.lmi), trained_lmi,
-                                                    args.feature_sigmas, int(config.seed),
-                                                    reference, split["target"], split["labels"]))
+                                    **feature_study(run_lmi, trained,
+                                                    [float(s) for s in FLAGS.feature_sigmas],
+                                                    int(config.seed), reference, split["target"],
+                                                    split["labels"]))
       logging.info("%s: %s", variant.name, features[variant.name])
       continue
-    outputs = translate_variant(ctx, config, args, variant.name, parts["source"], methods, model)
+    outputs = translate_variant(ctx, config, FLAGS.out, variant.name, parts["source"], methods,
+                                model)
     report = translate.score_split(config, outputs, dict(split, source=parts["source"]), segmenter)
     rows[variant.name] = summarise(report, cnr, scores)
-  settings = {"config": args.config, "split": args.split, "source": args.source,
+  settings = {"config": config_flags.get_config_filename(FLAGS["config"]),
+              "split": config.eval.split, "source": config.data.source,
               "n_slices": len(split["source"]), "lmi": config.lmi.to_dict(),
               "sampling": config.sampling.to_dict(),
               "methods": list(methods)}
-  if args.features_only:
+  if FLAGS.features_only:
     keys = list(next(iter(features.values())))
     table = ["| variant | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
     table += ["| " + name + " | " + " | ".join(f"{v[k]:.3f}" for k in keys) + " |"
               for name, v in features.items()]
     text = "\n".join(table)
-    atomic_write(os.path.join(args.out, "features.json"),
+    atomic_write(os.path.join(FLAGS.out, "features.json"),
                  json.dumps({"settings": settings, "rows": features}, indent=1).encode())
   else:
     text = markdown(rows, methods, baseline)
-    atomic_write(os.path.join(args.out, "results.json"),
+    atomic_write(os.path.join(FLAGS.out, "results.json"),
                  json.dumps(evaluation.json_safe({"settings": settings, "rows": rows}),
                             indent=1).encode())
-    write_csv(rows, os.path.join(args.out, "results.csv"))
+    write_csv(rows, os.path.join(FLAGS.out, "results.csv"))
     folder, step, faint_step = model
-    title = (f"{args.source} -> {config.data.target}, {args.split} ({len(split['source'])} slices); "
+    title = (f"{config.data.source} -> {config.data.target}, {config.eval.split} "
+             f"({len(split['source'])} slices); "
              f"lmi reference map {config.lmi.reference_map}; "
-             f"lmi {' '.join(args.lmi_override) or 'as configured'}\nscore model "
+             f"lmi {lmi_overrides() or 'as configured'}\nscore model "
              f"{os.path.relpath(folder)} step {step}"
              + (f" (structure < {config.sampling.faint_below:g}: its faint/, step {faint_step})"
                 if faint_step is not None else "")
              + ("; dashed: the --baseline run" if baseline else ""))
-    plot(rows, methods, os.path.join(args.out, "sweep.png"), title, baseline)
-  atomic_write(os.path.join(args.out, "table.md"), (text + "\n").encode())
+    plot(rows, methods, os.path.join(FLAGS.out, "sweep.png"), title, baseline)
+  atomic_write(os.path.join(FLAGS.out, "table.md"), (text + "\n").encode())
   print(text)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import figures, host, metrics, model_store, sampling, scans, segmentation
+from lmi_jax import figures, host, masks, metrics, model_store, sampling, scans, segmentation
 from lmi_jax.data import slices as slicing
 from lmi_jax.files import atomic_path
 
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
   read = lambda name: nib.load(os.path.join(folder, f"{name}.nii"))
   pd_image = read("avg152PD")
   priors = np.stack([read(n).get_fdata() for n in ("csf", "grey", "white")])
-  brain = priors.sum(0) > 0.5
+  brain = masks.from_priors(priors)
   truth = np.where(brain, 1 + np.argmax(priors, 0), 0)
   os.makedirs(workdir, exist_ok=True)
   pd_path = os.path.join(workdir, "avg152PD_brain.nii.gz")
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
   rows = [("lmi", scores(nib.load(out_path).get_fdata(),
                          nib.load(seg_path).get_fdata().astype(int), t1, truth, brain), seconds)]
   for what, image in (("identity (PDw)", pd), ("T1w itself (what K-means can reach)", t1)):
-    seg = segmentation.segment(segmenter, image[..., None], brain & (image > 0))
+    seg = segmentation.segment(segmenter, image[..., None], brain & masks.above(image, 0.0))
     rows.append((what, scores(image, seg, t1, truth, brain), 0.0))
   print(f"ICBM152 avg152PD -> T1w with the model of {config_flags.get_config_filename(flags.FLAGS['config'])} "
         f"({config.sampling.method}, NFE {sampling.network_evaluations(config.sampling)}); "

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from configs import phantom_pd2t1_cpu
-from lmi_jax import lmi
+from lmi_jax import lmi, masks
 from lmi_jax.data import load_dataset
 
 
@@ -39,7 +39,7 @@ def main() -> None:
   config = phantom_pd2t1_cpu.get_config()
   data = load_dataset(config, args.workdir)["val"]
   pd, t1 = data["source"], data["target"]
-  brain = data["labels"] > 0
+  brain = masks.labelled(data["labels"])
   z = np.random.default_rng(0).standard_normal(t1.shape).astype(np.float32)
   base = lmi.from_config(config.lmi)
   print(f"{len(t1)} validation slices, {t1.shape[1]} x {t1.shape[2]}, {int(brain.sum())} brain "

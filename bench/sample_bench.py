@@ -1,7 +1,7 @@
 """Cost of LMI-guided translation: prints two Markdown tables.
 
   python bench/sample_bench.py                 # 128x128, the authors'-size model
-  python bench/sample_bench.py --size 64 --config configs/phantom_pd2t1_cpu.py
+  python bench/sample_bench.py --size=64 --config=configs/phantom_pd2t1_cpu.py
 
 Each reverse-SDE step costs one LMI(G; x_t) map and one network call. Both are timed
 alone (median of a few jitted calls), and a short `lax.scan` run of the real sampler checks
@@ -15,13 +15,11 @@ volume (a 1 mm BraTS-like scan) at that rate; `em` rows are extrapolated from
 the scan above (em:1000 is the paper's setting), the others measured.
 
 The scan runs the batch split over the local devices, as `--mode=sample` does. On a CPU,
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/sample_bench.py --batches 2 8
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/sample_bench.py --batches=2,8
 makes two XLA devices of the host, which run two slices side by side; LMI and network
 columns stay single-device timings of the whole batch.
 """
 
-import argparse
-import importlib.util
 import os
 import platform
 import time
@@ -29,6 +27,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 from lmi_jax import lmi, sampling
 from lmi_jax.models import count_params, create_model, init_variables, lmi_score, score_fn
@@ -39,11 +39,16 @@ from lmi_jax.sde import sde_from_config
 VOLUME_SLICES = 155
 
 
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+config_flags.DEFINE_config_file("config", "configs/default.py",
+                                "Config of the model timed; --config.x=y overrides it.",
+                                lock_config=True)
+flags.DEFINE_integer("size", 128, "Slice size in pixels.")
+flags.DEFINE_list("batches", ["1", "8"], "Batch sizes, one row each.")
+flags.DEFINE_integer("scan_steps", 5, "Steps of the timed sampler scan.")
+flags.DEFINE_integer("repeats", 3, "Timed calls of each jitted function (the median is kept).")
+flags.DEFINE_list("samplers", ["em:1000", "em:100", "heun:15", "dpm2m:10"],
+                  "method:NFE rows of the second table (em: steps, no corrector); empty: none.")
+FLAGS = flags.FLAGS
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
@@ -56,66 +61,58 @@ def median_seconds(fn, *args, repeats: int) -> float:
   return float(np.median(times))
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/default.py")
-  parser.add_argument("--size", type=int, default=128)
-  parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-  parser.add_argument("--scan_steps", type=int, default=5)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--samplers", nargs="*", default=["em:1000", "em:100", "heun:15", "dpm2m:10"],
-                      help="method:NFE rows of the second table (em: steps, no corrector)")
-  args = parser.parse_args()
-
-  config = load_config(args.config)
+def main(argv: list[str]) -> None:
+  del argv
+  config = FLAGS.config
   lmi_cfg = lmi.from_config(config.lmi)
   sde = sde_from_config(config.sde)
   model = create_model(config.model)
   channels = 1 + len(lmi_cfg.features)
-  variables = init_variables(model, jax.random.PRNGKey(0), args.size, channels)
+  variables = init_variables(model, jax.random.PRNGKey(0), FLAGS.size, channels)
   scale = bool(config.model.scale_by_sigma)
 
+  config_file = config_flags.get_config_filename(FLAGS["config"])
   print(f"LMI-guided sampling on {platform.machine()}, {os.cpu_count()} cores, jax "
-        f"{jax.__version__} ({jax.devices()[0].platform}); {args.config}: "
+        f"{jax.__version__} ({jax.devices()[0].platform}); {config_file}: "
         f"{count_params(variables) / 1e6:.2f}M parameters, LMI k={lmi_cfg.patch_size} "
         f"r={lmi_cfg.radius} bins={lmi_cfg.num_bins}\n")
   print("| size | batch | devices | LMI s/step | network s/step | scan s/step | s/slice, 1000 steps |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
   measured = []
-  for batch in args.batches:
+  for batch in map(int, FLAGS.batches):
     rng = np.random.default_rng(0)
-    source = jnp.asarray(rng.random((batch, args.size, args.size, 1)), jnp.float32)
+    source = jnp.asarray(rng.random((batch, FLAGS.size, FLAGS.size, 1)), jnp.float32)
     x = source + 0.3 * jnp.asarray(rng.normal(size=source.shape), jnp.float32)
     t = jnp.full((batch,), 0.5)
     fixed = lmi.reference_channels(source, lmi_cfg)
     feats = lmi.features(source, x, lmi_cfg, fixed=fixed)
     lmi_s = median_seconds(jax.jit(lambda s, y: lmi.features(s, y, lmi_cfg, fixed=fixed)),
-                           source, x, repeats=args.repeats)
+                           source, x, repeats=FLAGS.repeats)
     net = jax.jit(lambda v, y, f, tt: score_fn(model, v, sde, y, f, tt, scale_by_sigma=scale))
-    net_s = median_seconds(net, variables, x, feats, t, repeats=args.repeats)
+    net_s = median_seconds(net, variables, x, feats, t, repeats=FLAGS.repeats)
 
     def run(v, s, key):
       score = lmi_score(model, v, sde, lmi_cfg, s, scale_by_sigma=scale)
-      return sampling.em_sampler(score, sde, s.shape, key, args.scan_steps, denoise=False)[0]
+      return sampling.em_sampler(score, sde, s.shape, key, FLAGS.scan_steps, denoise=False)[0]
 
     # As `--mode=sample` does: the batch split over the local devices by pmap.
     devices = jax.local_device_count() if batch % jax.local_device_count() == 0 else 1
     sharded = source.reshape(devices, batch // devices, *source.shape[1:])
     keys = jax.random.split(jax.random.PRNGKey(1), devices)
     scan_s = median_seconds(jax.pmap(run, in_axes=(None, 0, 0), devices=jax.local_devices()[:devices]),
-                            variables, sharded, keys, repeats=1) / args.scan_steps
-    print(f"| {args.size}x{args.size} | {batch} | {devices} | {lmi_s:.3f} | {net_s:.3f} "
+                            variables, sharded, keys, repeats=1) / FLAGS.scan_steps
+    print(f"| {FLAGS.size}x{FLAGS.size} | {batch} | {devices} | {lmi_s:.3f} | {net_s:.3f} "
           f"| {scan_s:.3f} | {1000 * scan_s / batch:.0f} |", flush=True)
     measured.append((batch, devices, sharded, keys, lmi_s, net_s, scan_s))
 
-  if not args.samplers:
+  if not FLAGS.samplers:
     return
   print("\n| sampler | NFE | batch | devices | s/slice | s per 155-slice volume | LMI share of an "
         "evaluation | how |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- |")
   for batch, devices, sharded, keys, lmi_s, net_s, scan_s in measured:
     share = lmi_s / (lmi_s + net_s)
-    for text in args.samplers:
+    for text in FLAGS.samplers:
       method, _, count = text.partition(":")
       cfg = config.sampling.copy_and_resolve_references()
       cfg.method, cfg.corrector_steps, cfg.denoise = method, 0, False
@@ -139,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

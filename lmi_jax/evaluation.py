@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from lmi_jax import masks
 from lmi_jax import metrics as image_metrics
 from lmi_jax.errors import InputError
 from lmi_jax.files import atomic_write
@@ -160,7 +161,7 @@ def evaluate_methods(
   if mask is not None:
     foreground, foreground_source = mask, "mask"
   elif labels is not None:
-    foreground, foreground_source = labels > 0, "labels"
+    foreground, foreground_source = masks.labelled(labels), "labels"
   else:
     foreground, foreground_source = foreground_mask(segmenter, target), "target"
   if volumes is not None:

@@ -26,7 +26,8 @@ GPU; no host callbacks), in three stages per call:
      one pass (`_joint_entropy_chunk`). Products and logarithms per joint entry do not
      depend on k, only 2 (k - 1) additions do; the joint is never stored for the whole
      image, so memory stays bounded at any image size (`row_chunk`);
-  3. per image: MI from the three entropies, arg-max over shifts, aligned image.
+  3. per image: MI from the three entropies and the arg-max over shifts (the moving image
+     at that shift, `align`, only for the "aligned" feature).
 The reference's share of stage 1 is recomputed at every call rather than passed in by
 the sampler: it measured 4-5% of a 128 x 128 call on the 2-core CPU (authors' preset and
 default), stages 1 and 3 for both images 7-8%, and the loop the rest. The loop runs on
@@ -119,13 +120,11 @@ class LMIConfig:
 class CrossLMI(NamedTuple):
   """Result of `cross_lmi`.
 
-  value:   (B, H, W, 1) max over shifts of the patch MI (or NMI).
-  shift:   (B, H, W, 2) int32 arg-max shift (dy, dx).
-  aligned: (B, H, W, 1) the moving image (as given) at i + shift.
+  value: (B, H, W, 1) max over shifts of the patch MI (or NMI).
+  shift: (B, H, W, 2) int32 arg-max shift (dy, dx).
   """
   value: jax.Array
   shift: jax.Array
-  aligned: jax.Array
 
 
 def from_config(config: ml_collections.ConfigDict) -> LMIConfig:
@@ -336,7 +335,7 @@ def _cross_maps(ua: jax.Array, ub: jax.Array, cfg: LMIConfig) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def cross_lmi(reference: jax.Array, moving: jax.Array, cfg: LMIConfig,
               mask: jax.Array | None = None) -> CrossLMI:
-  """LMI(reference; moving): best patch MI over shifts, its shift and the aligned image.
+  """LMI(reference; moving): best patch MI over shifts and its shift.
 
   Args:
     reference: (B, H, W, 1) float32 image A (patch at i).
@@ -344,23 +343,26 @@ def cross_lmi(reference: jax.Array, moving: jax.Array, cfg: LMIConfig,
     cfg: static `LMIConfig`.
     mask: optional (B, H, W, 1) bool region for the intensity normalisation.
   Returns:
-    `CrossLMI` with value (B, H, W, 1), shift (B, H, W, 2) int32, aligned (B, H, W, 1).
+    `CrossLMI` with value (B, H, W, 1) and shift (B, H, W, 2) int32.
   """
   _check_pair(reference, moving)
   ua = normalize(reference, cfg, mask)[..., 0]
   ub = normalize(moving, cfg, mask)[..., 0]
   maps = _cross_maps(ua, ub, cfg)  # (S, B, H, W)
-  best = jnp.argmax(maps, axis=0)
-  offsets = jnp.array(cfg.shifts, jnp.int32)
-  shift = offsets[best]  # (B, H, W, 2)
-  height, width = ua.shape[1:]
+  shift = jnp.array(cfg.shifts, jnp.int32)[jnp.argmax(maps, axis=0)]  # (B, H, W, 2)
+  return CrossLMI(value=jnp.max(maps, axis=0)[..., None], shift=shift)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def align(moving: jax.Array, shift: jax.Array, cfg: LMIConfig) -> jax.Array:
+  """The (B, H, W, 1) moving image (as given) at i + shift, shift (B, H, W, 2) from
+  `cross_lmi`; past the border it is padded as LMI pads it (`cfg.padding`)."""
   r = cfg.radius
-  moving_padded = _pad(jnp.asarray(moving, jnp.float32)[..., 0], r, cfg.padding)
-  candidates = jnp.stack([moving_padded[:, r + dy:r + dy + height, r + dx:r + dx + width]
-                          for dy, dx in cfg.shifts])
-  aligned = jnp.take_along_axis(candidates, best[None], axis=0)[0]
-  return CrossLMI(value=jnp.max(maps, axis=0)[..., None], shift=shift,
-                  aligned=aligned[..., None])
+  padded = _pad(jnp.asarray(moving, jnp.float32)[..., 0], r, cfg.padding)
+  batch, height, width = moving.shape[:3]
+  rows = jnp.arange(height)[None, :, None] + r + shift[..., 0]
+  cols = jnp.arange(width)[None, None, :] + r + shift[..., 1]
+  return padded[jnp.arange(batch)[:, None, None], rows, cols][..., None]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -427,7 +429,9 @@ def features(reference: jax.Array, x: jax.Array, cfg: LMIConfig,
     fixed = reference_channels(reference, cfg, mask)
   if "cross" in cfg.features or "aligned" in cfg.features:
     cross = cross_lmi(reference, x, cfg, mask)
-    fixed = dict(fixed, cross=cross.value, aligned=cross.aligned)
+    fixed = dict(fixed, cross=cross.value)
+    if "aligned" in cfg.features:
+      fixed["aligned"] = align(x, cross.shift, cfg)
   return jnp.concatenate([fixed[name] for name in cfg.features], axis=-1)
 
 

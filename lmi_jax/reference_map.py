@@ -4,7 +4,7 @@ LMI bins each patch's intensities after a per-image normalisation, so what it ca
 depends on how the tissue classes spread over the bins. Two things hide a faint
 contrast there: a smooth bias field, which spreads each class over a wider range than
 the gap between classes, and a dark background, which takes most of the range. The maps
-below undo both on the host (NumPy), slice by slice:
+below undo both on the host (NumPy), slice by slice, the brain being `masks.otsu_filled`:
 
 - `flatten`: divides the brain by its local mean (a normalised Gaussian convolution of
   width `sigma` x the image width), a bias-field correction that keeps the intensity order
@@ -21,27 +21,18 @@ from typing import Callable
 
 import numpy as np
 from scipy import ndimage
-from skimage import filters
 
+from lmi_jax import masks
 from lmi_jax.errors import InputError
 
 STRETCH_FLOOR = 0.2  # The background's share of [0, 1] after `brain_stretch`.
-
-
-def brain_and_threshold(image: np.ndarray) -> tuple[np.ndarray, float]:
-  """(H, W) bool brain (above Otsu's threshold, holes filled) of one (H, W) slice, and the
-  threshold; an all-False brain for a constant slice."""
-  if float(image.max()) <= float(image.min()):
-    return np.zeros(image.shape, bool), float(image.min())
-  threshold = float(filters.threshold_otsu(image))
-  return ndimage.binary_fill_holes(image > threshold), threshold
 
 
 def _brain_over_floor(image: np.ndarray, floor: float,
                       unit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
   """One (H, W) slice: the brain at floor + (1 - floor) * unit(image, brain values) (unit in
   [0, 1]), the background [0, Otsu] -> [0, floor]. A constant slice is returned as is."""
-  brain, threshold = brain_and_threshold(image)
+  brain, threshold = masks.otsu_filled(image)
   if not brain.any():
     return image.astype(np.float32)
   inside = floor + (1.0 - floor) * np.clip(unit(image, image[brain]), 0.0, 1.0)
@@ -74,7 +65,7 @@ def brain_equalize(image: np.ndarray, floor: float = STRETCH_FLOOR) -> np.ndarra
 def flatten(image: np.ndarray, sigma: float) -> np.ndarray:
   """One (H, W) slice divided inside its brain by the local brain mean (Gaussian of width
   sigma x W pixels, normalised convolution), times the brain's median; the background as is."""
-  brain, _ = brain_and_threshold(image)
+  brain, _ = masks.otsu_filled(image)
   if not brain.any():
     return image.astype(np.float32)
   sigma_px = sigma * image.shape[1]

@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lmi_jax import brain_extraction, figures, files, model_store, segmentation, translate
+from lmi_jax import (brain_extraction, figures, files, masks, model_store, segmentation,
+                     translate)
 from lmi_jax.data import dicom, nifti
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -189,7 +190,7 @@ def prepare_scan(scan: Scan, data: ml_collections.ConfigDict, out_dir: str) -> P
                  time.time() - start)
   else:
     nifti.check_skull_stripped(volume, scan.path, data)  # Raises: a head, extraction off.
-    brain, how = volume != 0, "skull-stripped"
+    brain, how = masks.nonzero(volume), "skull-stripped"
   return PreparedScan(reference, volume, brain_extraction.zero_background(volume, brain, level),
                       affine, brain, how)
 
@@ -256,10 +257,10 @@ def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegment
   if config.data.mask == "nonzero" or prepared.brain_source == "extracted":
     volume = nifti.write_translation(translated[..., 0], geometry, out["translated.nii.gz"],
                                      keep=brain_file)
-    foreground = brain_file & (volume > 0)
+    foreground = brain_file & masks.above(volume, 0.0)
   else:
     volume = nifti.write_translation(translated[..., 0], geometry, out["translated.nii.gz"])
-    foreground = volume > segmenter.background_threshold
+    foreground = masks.above(volume, segmenter.background_threshold)
   labels = segmentation.segment(segmenter, volume[..., None], foreground)
   nifti.write_like(labels, prepared.reference, out["segmentation.nii.gz"], np.uint8)
   nifti.write_like(brain_file, prepared.reference, out["brainmask.nii.gz"], np.uint8)

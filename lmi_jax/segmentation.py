@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from sklearn.cluster import KMeans
 
+from lmi_jax import masks
 from lmi_jax.errors import InputError
 from lmi_jax.files import atomic_write
 from lmi_jax.metrics import as_slices
@@ -81,7 +82,7 @@ def fit_kmeans(
   if n_init < 1:
     raise InputError(f"eval.kmeans_n_init must be >= 1, got {n_init}.")
   slices = as_slices("train_target_slices", train_target_slices)
-  values = slices[slices > background_threshold]
+  values = slices[masks.above(slices, background_threshold)]
   if np.unique(values).size < k:
     raise InputError(
         f"train_target_slices: fewer than eval.kmeans_clusters={k} distinct intensities above "
@@ -151,8 +152,9 @@ def read_segmenter(path: str) -> KMeansSegmenter:
 
 
 def foreground_mask(segmenter: KMeansSegmenter, images: np.ndarray) -> np.ndarray:
-  """(N, H, W, 1) images -> (N, H, W) bool: intensity above the background threshold."""
-  return as_slices("images", images) > segmenter.background_threshold
+  """(N, H, W, 1) images -> (N, H, W) bool: the pixels the segmenter labels, those above its
+  background threshold (`masks.above`)."""
+  return masks.above(as_slices("images", images), segmenter.background_threshold)
 
 
 def segment(

@@ -28,7 +28,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from lmi_jax import reference_map
+from lmi_jax import masks
 from lmi_jax.errors import InputError
 
 # Chosen on the validation sweep (bench/contrast_sweep.py, docs/results.md "Faint contrast")
@@ -60,9 +60,8 @@ def _as_stack(name: str, array: np.ndarray) -> np.ndarray:
 
 
 def brain_mask(source: np.ndarray) -> np.ndarray:
-  """Per slice, the pixels above the slice's Otsu threshold with holes filled.
-
-  Works for sources with a background (noise or zeros, as skull-stripped scans have).
+  """Per slice, its brain by `masks.otsu_filled`: the pixels above the slice's Otsu
+  threshold with holes filled, for sources with a background of noise or of zeros.
 
   Args:
     source: (H, W), (H, W, 1), (N, H, W) or (N, H, W, 1).
@@ -70,9 +69,9 @@ def brain_mask(source: np.ndarray) -> np.ndarray:
     (H, W) bool for one slice, else (N, H, W).
   """
   stack = _as_stack("source", source)
-  masks = np.stack([reference_map.brain_and_threshold(image)[0] for image in stack])
+  brains = np.stack([masks.otsu_filled(image)[0] for image in stack])
   single = np.ndim(source) == 2 or (np.ndim(source) == 3 and np.shape(source)[-1] == 1)
-  return masks[0] if single else masks
+  return brains[0] if single else brains
 
 
 def structure_score(source: np.ndarray, brain_mask: np.ndarray,

@@ -38,8 +38,8 @@ from absl import logging
 from flax import linen as nn
 from skimage import exposure
 
-from lmi_jax import (checkpoints, evaluation, figures, files, inference, lmi, model_store,
-                     multiscale, reference_map, sampling, segmentation, structure)
+from lmi_jax import (checkpoints, evaluation, figures, files, inference, lmi, masks,
+                     model_store, multiscale, reference_map, sampling, segmentation, structure)
 from lmi_jax.baselines import BASELINES
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
@@ -379,8 +379,9 @@ def run_methods(ctx: Context, methods: tuple[str, ...],
 
 def brain_region(config: ml_collections.ConfigDict, images: np.ndarray) -> np.ndarray | None:
   """(N, H, W) bool brain of skull-stripped (N, H, W, 1) slices (data.mask="nonzero": the
-  non-zero pixels), else None (no brain mask: the whole image counts)."""
-  return images[..., 0] > 0 if config.data.mask == "nonzero" else None
+  pixels above their background 0, `masks.above`), else None (no brain mask: the whole
+  image counts)."""
+  return masks.above(images[..., 0], 0.0) if config.data.mask == "nonzero" else None
 
 
 def score_split(config: ml_collections.ConfigDict, outputs: dict[str, np.ndarray],

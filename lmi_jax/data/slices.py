@@ -14,32 +14,18 @@ must fit the canvas).
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
-from skimage import filters, transform
+from skimage import transform
 
+from lmi_jax import masks
 from lmi_jax.errors import InputError
 
 MASKS = ("none", "foreground", "nonzero")
 
 
-def foreground(volume: np.ndarray) -> np.ndarray:
-  """Voxels above the Otsu threshold, (X, Y, Z) bool: tissue against dark background and noise."""
-  return volume > filters.threshold_otsu(volume)
-
-
 def brain(volume: np.ndarray, mask: str) -> np.ndarray:
-  """(X, Y, Z) bool tissue voxels: the non-zero ones of a skull-stripped scan (mask "nonzero"),
-  else the Otsu `foreground`."""
-  return volume != 0 if mask == "nonzero" else foreground(volume)
-
-
-def head_mask(volume: np.ndarray) -> np.ndarray:
-  """The largest connected foreground component with its holes (ventricles, sinuses) filled."""
-  labelled, count = ndimage.label(foreground(volume))
-  if count == 0:
-    return np.zeros(volume.shape, bool)
-  largest = 1 + np.argmax(np.bincount(labelled.ravel())[1:])
-  return ndimage.binary_fill_holes(labelled == largest)
+  """(X, Y, Z) bool tissue voxels by data.mask: the non-zero ones of a skull-stripped scan
+  (mask "nonzero", `masks.nonzero`), else those above the volume's Otsu threshold (`masks.otsu`)."""
+  return masks.nonzero(volume) if mask == "nonzero" else masks.otsu(volume)
 
 
 def normalize(volume: np.ndarray, p_lo: float, p_hi: float, mask: str = "none") -> np.ndarray:
@@ -50,7 +36,7 @@ def normalize(volume: np.ndarray, p_lo: float, p_hi: float, mask: str = "none") 
 
   Args:
     volume: (X, Y, Z) float, finite, not constant.
-    mask: "none"; "foreground" to zero everything outside `head_mask`; "nonzero" for a
+    mask: "none"; "foreground" to zero everything outside `masks.head`; "nonzero" for a
       skull-stripped scan: 1 is set inside the brain (its non-zero voxels), which stay the
       only non-zero ones.
   Returns:
@@ -61,7 +47,7 @@ def normalize(volume: np.ndarray, p_lo: float, p_hi: float, mask: str = "none") 
   hi = np.percentile(volume[tissue], p_hi)
   out = np.clip((volume - lo) / max(hi - lo, np.finfo(np.float32).tiny), 0.0, 1.0)
   if mask == "foreground":
-    out = out * head_mask(volume)
+    out = out * masks.head(volume)
   elif mask == "nonzero":
     out = out * tissue
   return out.astype(np.float32)
