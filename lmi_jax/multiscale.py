@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import transform
 
-from lmi_jax import checkpoints, inference, lmi, model_store, sampling
+from lmi_jax import checkpoints, inference, lmi, masks, model_store, sampling
 from lmi_jax.errors import InputError
 from lmi_jax.models import create_model, lmi_score
 from lmi_jax.sde import sde_from_config
@@ -159,7 +159,7 @@ def content_box(images: np.ndarray, multiple: int, margin: int = 8) -> tuple[sli
   of every image with `margin` pixels around, its sides multiples of `multiple` (whole
   images when that does not fit or nothing is non-zero)."""
   height, width = images.shape[1:3]
-  occupied = np.any(images != 0, axis=(0, 3))
+  occupied = np.any(masks.nonzero(images), axis=(0, 3))
   if not occupied.any():
     return (slice(None),) * 4
   sides = []
