@@ -120,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.log_every = 100  # Steps between metric log lines and TensorBoard scalars.
   training.checkpoint_every = 5000  # Steps between checkpoints in workdir/checkpoints (one more at the end).
   training.max_to_keep = 3  # Checkpoints kept; older ones are deleted.
-  training.time_limit_min = 0.0  # >0: stop with a checkpoint once the loop has run this many minutes (checked at log steps); a rerun resumes.
+  training.time_limit_min = 0.0  # >0: stop with a checkpoint once the loop has run this many minutes (checked after every step; at log steps when several hosts train); a rerun resumes.
   training.sample_every = 10_000  # Steps between sample grids in workdir/samples and TensorBoard (0: none).
   training.sample_steps = 100  # Reverse-SDE steps of those preview samples.
   training.num_samples = 4  # Training slices in the grid, each with an LMI-conditioned and an unconditional sample.

@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from lmi_jax import sampling
+from lmi_jax.progress import Clock, Progress
 
 if TYPE_CHECKING:
   from lmi_jax.translate import Context
@@ -21,40 +22,47 @@ if TYPE_CHECKING:
 class StepProgress:
   """Progress lines of a batched translation, fed by the sampler's host callback.
 
-  Every device reports each step; a line is written for the first step, the last, and at
-  most one per `every_s` seconds between, with the share done and an estimate of the time
-  left over all batches (compilation counts in the first batch's time).
+  Every device reports each step; a line is written for the first step of each batch, its
+  last, and at most one per `every_s` seconds between, with the share done and an estimate
+  of the time left over all batches (compilation counts in the first batch's time);
+  `end_batch` writes one more as a batch ends.
   """
 
-  def __init__(self, name: str, steps: int, batches: int, every_s: float = 15.0):
-    self._name, self._steps, self._every = name, steps, every_s
-    self._lock = threading.Lock()
+  def __init__(self, name: str, steps: int, batches: int, every_s: float = 15.0,
+               clock: Clock = time.perf_counter):
+    self._name, self._steps, self._every_s, self._clock = name, steps, every_s, clock
+    self._lock = threading.Lock()  # The devices' callbacks arrive from several threads.
     self.restart(batches)
 
   def restart(self, batches: int) -> None:
     """Start over for a new run of `batches` batches (the compiled sampler is reused)."""
     with self._lock:
-      self._batches, self._start = batches, time.time()
-      self._batch, self._done, self._last = 0, 0, -np.inf
+      self._batches, self._batch, self._done = batches, 0, 0
+      self._progress = Progress(batches * self._steps, every_s=self._every_s, clock=self._clock)
 
   def start_batch(self, batch: int) -> None:
     with self._lock:
       self._batch, self._done = batch, 0
 
   def __call__(self, done: np.ndarray) -> None:
-    done, now = int(done), time.time()
+    done = int(done)
     with self._lock:
       if done <= self._done:
         return
       self._done = done
-      if done != 1 and done != self._steps and now - self._last < self._every:
-        return
-      self._last = now
-      share = (self._batch + done / self._steps) / self._batches
-      elapsed = now - self._start
-      logging.info("%s: batch %d/%d, step %d/%d (%.0f%% of all), %.0f s elapsed, about %.0f s left",
-                   self._name, self._batch + 1, self._batches, done, self._steps, 100 * share,
-                   elapsed, elapsed / share * (1 - share))
+      report = self._progress.update(self._batch * self._steps + done,
+                                     force=done in (1, self._steps))
+      if report is not None:
+        logging.info("%s: batch %d/%d, step %d/%d (%.0f%% of all), %.0f s elapsed, about %.0f s "
+                     "left", self._name, self._batch + 1, self._batches, done, self._steps,
+                     100 * report.share, report.elapsed_s, report.eta_s)
+
+  def end_batch(self) -> None:
+    """Writes the line of the current batch's end."""
+    with self._lock:
+      report = self._progress.update((self._batch + 1) * self._steps, force=True)
+      logging.info("%s: batch %d/%d done, %.1f s elapsed, about %.0f s left", self._name,
+                   self._batch + 1, self._batches, report.elapsed_s, report.eta_s)
 
 
 def run_batched(fn: Callable[["Context", jax.Array, jax.Array], jax.Array], ctx: "Context",
@@ -89,7 +97,7 @@ def run_batched(fn: Callable[["Context", jax.Array, jax.Array], jax.Array], ctx:
   else:
     run, progress = cached
     progress.restart(num_batches)
-  outputs, start_time = [], time.time()
+  outputs = []
   for b in range(num_batches):
     progress.start_batch(b)
     chunk = source[b * batch:(b + 1) * batch]
@@ -100,7 +108,5 @@ def run_batched(fn: Callable[["Context", jax.Array, jax.Array], jax.Array], ctx:
     out = run(ctx.variables, jnp.asarray(chunk).reshape(devices, per_device, *chunk.shape[1:]),
               keys)
     outputs.append(np.asarray(out).reshape(batch, *np.shape(out)[2:])[:valid])
-    elapsed = time.time() - start_time
-    logging.info("%s: batch %d/%d done, %.1f s elapsed, about %.0f s left", name,
-                 b + 1, num_batches, elapsed, elapsed / (b + 1) * (num_batches - b - 1))
+    progress.end_batch()
   return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)

@@ -1,8 +1,9 @@
 """The training mode: data-parallel denoising score matching with LMI conditioning.
 
-Reads top to bottom: the state and optimizer, the pmapped `train_step`, the host input
-pipeline, the sample grid, and `train_score_model(config, workdir)`; checkpoints are
-`lmi_jax.checkpoints`.
+Reads top to bottom: the state and optimizer, the pmapped `train_step`, the sample grid, and
+`train_score_model(config, workdir)`, which runs the step through `lmi_jax.loop` (reports,
+time limit, divergence check, checkpoints); the host input pipeline is
+`lmi_jax.data.train_batches`, checkpoints are `lmi_jax.checkpoints`.
 
 Parallelism: `jax.pmap` over the local devices, the global batch `training.batch_size` split
 evenly over every device of every host, gradients averaged with `lax.pmean`. Several hosts
@@ -20,7 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import os
-import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax
@@ -34,9 +35,8 @@ import optax
 from absl import logging
 from clu import metrics
 from flax import jax_utils
-from jax.experimental import multihost_utils
 
-from lmi_jax import checkpoints, files, lmi, losses, sampling, settings, writers
+from lmi_jax import checkpoints, files, lmi, loop, losses, sampling, settings, writers
 from lmi_jax.baselines import BASELINES
 from lmi_jax.data import load_dataset, train_batches
 from lmi_jax.errors import InputError
@@ -216,7 +216,7 @@ def sample_grid(params: Any, references: jax.Array, key: jax.Array, cfg: StepCon
 
 
 # --------------------------------------------------------------------------------------
-# The loop
+# The run
 
 
 def initialize_distributed(training: ml_collections.ConfigDict) -> None:
@@ -234,69 +234,6 @@ def initialize_distributed(training: ml_collections.ConfigDict) -> None:
                              process_id=training.process_id)
 
 
-class Progress:
-  """Averages the step metrics between reports and writes them with the speed and an ETA.
-
-  The clock starts after the first step, whose compilation would distort the speed.
-  """
-
-  def __init__(self, writer: writers.MetricWriter, schedule: optax.Schedule, start_step: int,
-               num_steps: int, batch_size: int):
-    self._writer, self._schedule = writer, schedule
-    self._num_steps, self._batch_size = num_steps, batch_size
-    self._start_step, self._window = start_step, None
-    self._tick, self._tick_step = time.perf_counter(), start_step
-
-  def update(self, step: int, step_metrics: Any) -> None:
-    """Adds the metrics of `step` (unreplicated `TrainMetrics`)."""
-    self._window = step_metrics if self._window is None else self._window.merge(step_metrics)
-    if step == self._start_step + 1:
-      jax.block_until_ready(self._window)
-      logging.info("First step, compilation included: %.1f s", time.perf_counter() - self._tick)
-      self._window, self._tick, self._tick_step = None, time.perf_counter(), step
-
-  def report(self, step: int) -> None:
-    """Writes the averages since the last report, the speed and an ETA."""
-    if self._window is None:
-      return
-    values = {k: float(v) for k, v in self._window.compute().items()}
-    steps_per_sec = (step - self._tick_step) / (time.perf_counter() - self._tick)
-    self._writer.write_scalars(step, {
-        **values, "lr": float(self._schedule(step - 1)), "steps_per_sec": steps_per_sec,
-        "images_per_sec": steps_per_sec * self._batch_size})
-    eta = int((self._num_steps - step) / steps_per_sec)
-    logging.info("Step %d/%d (%.1f%%), ETA %dh%02dm%02ds", step, self._num_steps,
-                 100.0 * step / self._num_steps, eta // 3600, eta // 60 % 60, eta % 60)
-    self._window, self._tick, self._tick_step = None, time.perf_counter(), step
-
-
-def out_of_time(start: float, limit_min: float) -> bool:
-  """Whether `limit_min` (> 0) minutes have passed since `start` (a perf_counter reading).
-
-  Process 0's clock decides for every host, so all of them stop after the same step.
-  """
-  over = time.perf_counter() - start > 60.0 * limit_min
-  if jax.process_count() > 1:
-    over = bool(multihost_utils.broadcast_one_to_all(np.asarray(over)))
-  return over
-
-
-class DivergedError(InputError):
-  """The training loss stopped being finite; the last checkpoint saved before is kept."""
-
-
-def check_finite(step: int, loss: float, manager: checkpoints.CheckpointManager) -> None:
-  """Raises DivergedError naming the step and the last good checkpoint unless `loss` is finite."""
-  if np.isfinite(loss):
-    return
-  manager.wait_until_finished()
-  kept = manager.latest_step()
-  kept_text = (f"the last good checkpoint, step {kept}, is kept in {manager.directory}"
-               if kept is not None else "no checkpoint was saved before")
-  raise DivergedError(f"training.lr: the loss is {loss} at step {step} (training diverged); "
-                      f"{kept_text}. Lower training.lr or training.grad_clip and rerun to resume.")
-
-
 def write_samples(writer: writers.MetricWriter, workdir: str, step: int, grid: np.ndarray) -> None:
   """The sample grid (H, W) in [0, 1] as workdir/samples/step_<step>.png and a TensorBoard image."""
   folder = os.path.join(workdir, "samples")
@@ -306,10 +243,21 @@ def write_samples(writer: writers.MetricWriter, workdir: str, step: int, grid: n
   writer.write_images(step, {"samples": grid[None, :, :, None]})
 
 
+def loop_step(cfg: StepConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """`p_train_step` as `loop.run` takes it: the replicated state and batch in, the new state
+  and the step's () metrics (loss, grad_norm over the global batch) out."""
+  def step(rstate: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rstate, step_metrics = p_train_step(rstate, batch, cfg)
+    return rstate, step_metrics.unreplicate().compute()
+  return step
+
+
 def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
               state: TrainState, images: np.ndarray, manager: checkpoints.CheckpointManager,
               writer: writers.MetricWriter) -> TrainState:
-  """Steps from state.step to training.num_steps, with reports, samples and checkpoints.
+  """Steps from state.step to training.num_steps through `loop.run`, pmapped, with reports,
+  sample grids every training.sample_every steps (and at the end of the call) and
+  checkpoints of the state itself.
 
   Args:
     state: the state to start from, on host or the default device.
@@ -318,47 +266,31 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, cfg: StepConfig,
     The final state, unreplicated, as host arrays.
   """
   training = config.training
-  start_step = int(state.step)
-  lead_host = jax.process_index() == 0
-  progress = Progress(writer, learning_rate(cfg), start_step, training.num_steps,
-                      training.batch_size)
-  batches = jax_utils.prefetch_to_device(
-      train_batches.host_batches(images, config.seed, start_step, training.batch_size, training.hflip,
-                   jax.process_index(), jax.process_count(), jax.local_device_count(),
-                   training.crop_size),
-      training.prefetch, axis_name=AXIS)
-  # Inputs placed under the pmap's own axis name match its outputs' sharding, so the
-  # second step hits the compilation cache instead of compiling again.
-  rstate = jax_utils.replicate(state, axis_name=AXIS)
   previews = images[:training.num_samples]
   if training.crop_size:
-    previews = train_batches.brain_crops(previews, np.random.default_rng(config.seed), training.crop_size)
-  start = time.perf_counter()
-  for step in range(start_step + 1, training.num_steps + 1):
-    rstate, step_metrics = p_train_step(rstate, next(batches), cfg)
-    progress.update(step, step_metrics.unreplicate())
-    stop = False
-    if step % training.log_every == 0 or step == training.num_steps:
-      progress.report(step)
-      stop = training.time_limit_min > 0 and out_of_time(start, training.time_limit_min)
-    if lead_host and training.sample_every and step % training.sample_every == 0:
-      grid = sample_grid(jax_utils.unreplicate(rstate.ema_params),
-                         jnp.asarray(previews),
-                         jax.random.fold_in(jax.random.key(config.seed), step), cfg,
-                         training.sample_steps, config.sampling.eps)
-      write_samples(writer, workdir, step, np.asarray(grid))
-    save = step % training.checkpoint_every == 0 or step == training.num_steps or stop
-    if save or step % training.log_every == 0:
-      # NaN parameters give a NaN loss at every later step, so checking the step's loss before
-      # each save keeps every checkpoint finite.
-      check_finite(step, float(step_metrics.unreplicate().compute()["loss"]), manager)
-    if save:
-      checkpoints.save(manager, step, jax_utils.unreplicate(rstate))
-    if stop:
-      logging.info("Stopped at step %d: training.time_limit_min=%g reached; rerun to resume.",
-                   step, training.time_limit_min)
-      break
-  return jax.device_get(jax_utils.unreplicate(rstate))
+    previews = train_batches.brain_crops(previews, np.random.default_rng(config.seed),
+                                         training.crop_size)
+
+  def batches(start_step: int) -> Iterator[dict]:
+    return jax_utils.prefetch_to_device(
+        train_batches.host_batches(images, config.seed, start_step, training.batch_size,
+                                   training.hflip, jax.process_index(), jax.process_count(),
+                                   jax.local_device_count(), training.crop_size),
+        training.prefetch, axis_name=AXIS)
+
+  def preview(step: int, now: TrainState) -> None:
+    grid = sample_grid(now.ema_params, jnp.asarray(previews),
+                       jax.random.fold_in(jax.random.key(config.seed), step), cfg,
+                       training.sample_steps, config.sampling.eps)
+    write_samples(writer, workdir, step, np.asarray(grid))
+
+  schedule = loop.schedule_from_config("training", training, preview_key="sample_every",
+                                       lr_keys=("training.lr", "training.grad_clip"))
+  lr = learning_rate(cfg)
+  return loop.run(loop_step(cfg), batches, state, schedule, manager, writer,
+                  pack=lambda now, wall_s: now, axis_name=AXIS,
+                  preview=preview if training.sample_every else None,
+                  scalars=lambda step: {"lr": float(lr(step - 1))}).state
 
 
 def start_from_shipped(state: TrainState, config: ml_collections.ConfigDict,

@@ -1,14 +1,10 @@
-"""The supervised ceiling and the loop every baseline shares: the regression losses, a step
-lowers the loss, export / load checks, translate, and exact resume (of the generic loop on a
-toy state, and of `supervised.train`).
+"""The supervised ceiling: the regression losses, a step lowers the loss, export / load
+checks, translate, and exact resume of `supervised.train` (the loop itself: test_loop.py).
 
 The network is the tiny config's NCSN++ cut to its fewest parts (it compiles fastest), so
 the tests that train share one compiled step.
 """
 
-import os
-
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,50 +111,6 @@ def test_load_rejects_missing_corrupt_and_other_sizes(tmp_path):
     corrupt.write_bytes(damaged)
     with pytest.raises(InputError, match=f"{name}.msgpack"):
       supervised.load(config, str(corrupt))
-
-
-@flax.struct.dataclass
-class Counter:
-  """A toy loop state: steps taken and the batches seen, summed with weights."""
-  step: jax.Array
-  total: jax.Array
-
-
-def toy_step(state, batch):
-  total = state.total * 2.0 + batch  # Order-sensitive: a skipped or repeated batch shows.
-  return state.replace(step=state.step + 1, total=total), {"batch": batch}
-
-
-def toy_batches(start_step):
-  step = start_step + 1
-  while True:
-    yield np.float64(step)
-    step += 1
-
-
-def test_loop_stops_on_time_and_resumes_exactly(tmp_path):
-  schedule = common.LoopSchedule(num_steps=4, log_every=1, checkpoint_every=100,
-                                 preview_every=0, time_limit_min=0.0)
-  fresh = Counter(step=np.zeros((), np.int32), total=np.zeros((), np.float64))
-  whole = common.train_loop(toy_step, toy_batches, fresh, str(tmp_path / "whole"), schedule)
-  assert whole.finished and int(whole.state.step) == 4
-  assert float(whole.state.total) == ((1 * 2 + 2) * 2 + 3) * 2 + 4
-
-  stopped = common.LoopSchedule(num_steps=4, log_every=1, checkpoint_every=100,
-                                preview_every=0, time_limit_min=1e-9)
-  previews = []
-  walls = []
-  for step in (1, 2, 3, 4):
-    result = common.train_loop(
-        toy_step, toy_batches, fresh, str(tmp_path / "parts"), stopped,
-        preview=lambda s: previews.append(int(s.step)) or {"x": np.zeros((1, 2, 2, 1))})
-    assert int(result.state.step) == step and result.finished == (step == 4)
-    walls.append(result.wall_s)
-  assert float(result.state.total) == float(whole.state.total)
-  assert previews == [1, 2, 3, 4] and walls == sorted(walls) and walls[0] > 0
-  assert os.path.isfile(tmp_path / "parts" / common.PREVIEW_FILE)
-  again = common.train_loop(toy_step, toy_batches, fresh, str(tmp_path / "parts"), stopped)
-  assert int(again.state.step) == 4 and again.wall_s == walls[-1]
 
 
 def test_train_resumes_where_it_stopped(tmp_path):

@@ -1,23 +1,21 @@
-"""What the trained baselines share: a resumable, time-limited training loop, batched
-inference, and the export and loading of their inference parameters.
+"""What the trained baselines share: their training loop, batch draws, batched inference,
+and the export and loading of their inference parameters.
 
-The loop, `train_loop(step_fn, batches, state, folder, schedule, preview)`:
-  - `state` is any pytree with a `step` attribute, the () int32 count of steps taken (a
-    `flax.struct.dataclass` with a `step` field). It is the fresh state; the loop replaces
-    it with the latest checkpoint in folder/checkpoints when there is one, so a rerun
-    resumes where the last run stopped.
-  - `step_fn(state, batch) -> (state, metrics)` is one (jitted) optimisation step; metrics
-    maps names to () arrays. The loop averages them between log steps and writes them, with
-    the seconds per step, to TensorBoard events in `folder` and to the log, with an ETA.
-  - `batches(start_step)` yields the batches of steps start_step + 1, start_step + 2, ...;
-    drawing them from (seed, step) lets a resumed run see what an uninterrupted one would.
+The loop, `train_loop(step_fn, batches, state, folder, schedule, preview)`, is `lmi_jax.loop`
+(reports with an ETA, divergence check, time limit, checkpoints) in a baseline's folder:
+  - `state` is the fresh state, any pytree with a `step` attribute, the () int32 count of
+    steps taken (a `flax.struct.dataclass` with a `step` field); the loop replaces it with
+    the latest checkpoint in folder/checkpoints when there is one, so a rerun resumes where
+    the last run stopped. A checkpoint holds {"state", "wall_s"}: the state and the
+    training wall time summed over all calls.
+  - `step_fn(state, batch) -> (state, metrics)` and `batches(start_step)` are as
+    `lmi_jax.loop.run` takes them; the reports go to TensorBoard events in `folder`.
   - `preview(state) -> {name: (N, H, W, 1) images in [0, 1]}` (optional) is written every
     `schedule.preview_every` steps and at the end, as TensorBoard images and as
     folder/preview.png (one row of N images per name).
-  - `schedule` (`LoopSchedule`, from a config section by `loop_schedule`): the last step,
-    log / checkpoint / preview intervals, and `time_limit_min` > 0, which stops the call
-    (with a checkpoint) after the first step that ends past that many minutes.
-  - The checkpoint holds the state and the training wall time summed over all calls.
+  - `schedule` (`LoopSchedule`, from a config section by `loop.schedule_from_config`): the
+    last step, log / checkpoint / preview intervals, and `time_limit_min` > 0, which stops
+    the call (with a checkpoint) after the first step that ends past that many minutes.
 
 Exported parameters: `export(workdir, name, params, info)` writes the inference parameters
 to workdir/baselines/<name>.msgpack (flax msgpack) and what produced them to
@@ -25,7 +23,7 @@ workdir/baselines/<name>.json; `load_params(path, template, hint)` reads them ba
 checks them against the network's parameter shapes.
 """
 
-import dataclasses
+import contextlib
 import json
 import os
 import time
@@ -41,36 +39,14 @@ import numpy as np
 from absl import logging
 from flax import serialization
 
-from lmi_jax import checkpoints, files, writers
+from lmi_jax import checkpoints, files, loop, writers
 from lmi_jax.errors import InputError, key_checker
+from lmi_jax.loop import LoopResult, LoopSchedule
 from lmi_jax.models import count_params
 
 CHECKPOINT_DIR = "checkpoints"  # Inside each baseline's training folder.
 EXPORT_DIR = "baselines"  # Inside the workdir: the exported <name>.msgpack and <name>.json.
 PREVIEW_FILE = "preview.png"
-
-State = Any
-Batch = Any
-Metrics = Mapping[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopSchedule:
-  """When the loop stops, reports, checkpoints and previews (steps; minutes)."""
-  num_steps: int
-  log_every: int
-  checkpoint_every: int
-  preview_every: int
-  time_limit_min: float
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopResult:
-  """state: the final state as host arrays; wall_s: training seconds over every call, as
-  the last checkpoint holds them; finished: whether state.step reached schedule.num_steps."""
-  state: State
-  wall_s: float
-  finished: bool
 
 
 def check_loop_config(section_name: str, section: ml_collections.ConfigDict) -> None:
@@ -86,14 +62,6 @@ def check_loop_config(section_name: str, section: ml_collections.ConfigDict) -> 
   require(section.time_limit_min >= 0, "time_limit_min", "use minutes >= 0 (0: no limit)")
 
 
-def loop_schedule(section: ml_collections.ConfigDict) -> LoopSchedule:
-  """The `LoopSchedule` of a baseline's config section."""
-  return LoopSchedule(num_steps=int(section.num_steps), log_every=int(section.log_every),
-                      checkpoint_every=int(section.checkpoint_every),
-                      preview_every=int(section.preview_every),
-                      time_limit_min=float(section.time_limit_min))
-
-
 def preview_grid(images: Mapping[str, np.ndarray]) -> np.ndarray:
   """{name: (N, H, W, 1)} -> (rows H, N W) grey grid, one row per name in order, clipped
   to [0, 1]."""
@@ -107,96 +75,52 @@ def write_png(path: str, grid: np.ndarray) -> None:
     matplotlib.image.imsave(tmp, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
 
 
-class _Window:
-  """Sums of the step metrics since the last report, and the clock of the steps in them.
-
-  The first step of a call (compilation included) is timed on its own, so the seconds
-  per step and the ETA reflect the compiled step.
-  """
-
-  def __init__(self, start_step: int):
-    self.sums, self.count = None, 0
-    self.tick, self.tick_step = time.perf_counter(), start_step
-
-  def add(self, metrics: Metrics) -> None:
-    self.sums = dict(metrics) if self.sums is None else jax.tree.map(jnp.add, self.sums,
-                                                                     dict(metrics))
-    self.count += 1
-
-  def restart_clock(self, step: int) -> None:
-    self.tick, self.tick_step = time.perf_counter(), step
-
-  def report(self, writer: writers.TensorBoardWriter, step: int, num_steps: int) -> None:
-    if not self.count:
-      return
-    values = {k: float(v) / self.count for k, v in jax.device_get(self.sums).items()}
-    if step > self.tick_step:
-      sec_per_step = (time.perf_counter() - self.tick) / (step - self.tick_step)
-      values["sec_per_step"] = sec_per_step
-      eta = int((num_steps - step) * sec_per_step)
-      logging.info("Step %d/%d (%.1f%%), %.3f s/step, ETA %dh%02dm%02ds", step, num_steps,
-                   100.0 * step / max(num_steps, 1), sec_per_step, eta // 3600,
-                   eta // 60 % 60, eta % 60)
-    writer.write_scalars(step, values)
-    self.sums, self.count = None, 0
-    self.restart_clock(step)
-
-
-def train_loop(step_fn: Callable[[State, Batch], tuple[State, Metrics]],
-               batches: Callable[[int], Iterator[Batch]], state: State, folder: str,
+def train_loop(step_fn: Callable[[loop.State, loop.Batch], tuple[loop.State, loop.Metrics]],
+               batches: Callable[[int], Iterator[loop.Batch]], state: loop.State, folder: str,
                schedule: LoopSchedule,
-               preview: Callable[[State], Mapping[str, np.ndarray]] | None = None) -> LoopResult:
+               preview: Callable[[loop.State], Mapping[str, np.ndarray]] | None = None
+               ) -> LoopResult:
   """Runs `step_fn` from the latest checkpoint in folder/checkpoints (else from `state`)
   up to schedule.num_steps or the time limit (see the module docstring)."""
   files.prepare_dir(folder)
   manager = checkpoints.manager(os.path.join(folder, CHECKPOINT_DIR), max_to_keep=1)
   restored = checkpoints.restore_latest(
       manager, {"state": jax.device_get(state), "wall_s": np.zeros((), np.float64)})
-  state, wall_before = restored["state"], float(restored["wall_s"])
-  start_step = int(state.step)
-  logging.info("Training %s from step %d to %d", folder, start_step, schedule.num_steps)
-  writer = writers.TensorBoardWriter(folder)
-  start = time.perf_counter()
+  logging.info("Training %s from step %d to %d", folder, int(restored["state"].step),
+               schedule.num_steps)
+  with contextlib.closing(writers.TensorBoardWriter(folder)) as writer:
+    def write_preview(step: int, now: loop.State) -> None:
+      images = {k: np.asarray(v) for k, v in preview(now).items()}
+      writer.write_images(step, images)
+      write_png(os.path.join(folder, PREVIEW_FILE), preview_grid(images))
 
-  def wall_s() -> np.ndarray:
-    return np.asarray(wall_before + time.perf_counter() - start, np.float64)
+    result = loop.run(
+        step_fn, batches, restored["state"], schedule, manager, writer,
+        pack=lambda now, wall_s: {"state": now, "wall_s": np.asarray(wall_s, np.float64)},
+        wall_s=float(restored["wall_s"]), preview=None if preview is None else write_preview)
+  manager.close()  # Waits for the last checkpoint's background writes.
+  return result
 
-  def write_preview(step: int) -> None:
-    images = {k: np.asarray(v) for k, v in preview(state).items()}
-    writer.write_images(step, images)
-    write_png(os.path.join(folder, PREVIEW_FILE), preview_grid(images))
 
-  window = _Window(start_step)
-  iterator = batches(start_step)
-  saved_wall_s = wall_before
-  for step in range(start_step + 1, schedule.num_steps + 1):
-    state, metrics = step_fn(state, next(iterator))
-    window.add(metrics)
-    if step == start_step + 1:
-      jax.block_until_ready(state)
-      logging.info("First step, compilation included: %.1f s", time.perf_counter() - start)
-      window.restart_clock(step)
-    over_time = (schedule.time_limit_min > 0 and
-                 time.perf_counter() - start > 60.0 * schedule.time_limit_min)
-    last = step == schedule.num_steps or over_time
-    if step % schedule.log_every == 0 or last:
-      window.report(writer, step, schedule.num_steps)
-    if preview is not None and (last or (schedule.preview_every and
-                                         step % schedule.preview_every == 0)):
-      write_preview(step)
-    if step % schedule.checkpoint_every == 0 or last:
-      saved_wall_s = wall_s()
-      checkpoints.save(manager, step, {"state": state, "wall_s": saved_wall_s})
-    if over_time:
-      logging.info("Stopped at step %d: time_limit_min=%g reached; rerun to resume.", step,
-                   schedule.time_limit_min)
-      break
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
-  state = jax.device_get(state)
-  return LoopResult(state=state, wall_s=float(saved_wall_s),
-                    finished=int(state.step) >= schedule.num_steps)
+def draw_rows(rng: np.random.Generator, num_images: int, batch_size: int,
+              hflip: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(batch_size,) rows in [0, num_images) and (batch_size,) bool horizontal flips (all
+  False unless `hflip`), drawn from `rng` in that order."""
+  rows = rng.integers(num_images, size=batch_size)
+  return rows, rng.random(batch_size) < 0.5 if hflip else np.zeros(batch_size, bool)
+
+
+def take_rows(images: np.ndarray, rows: np.ndarray, flips: np.ndarray) -> np.ndarray:
+  """(B, H, W, C) images[rows], each flipped left-right where `flips` says."""
+  x = images[rows]
+  return np.where(flips[:, None, None, None], x[:, :, ::-1], x)
+
+
+def run_info(name: str, result: LoopResult, config: ml_collections.ConfigDict) -> dict:
+  """What a baseline's export records of the run of config section `name` behind it."""
+  return {"method": name, "steps": int(result.state.step), "finished": result.finished,
+          "wall_s": result.wall_s, "image_size": int(config.data.image_size),
+          "exported": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": config[name].to_dict()}
 
 
 KEY_IMPL = "rbg"  # PRNG of the baselines' parameter init and training noise.

@@ -5,7 +5,8 @@ fraction (`cyclegan.source_fraction`, 11%) of the training subjects, chosen by a
 draw among the training split's subjects; the source and target batches are drawn
 independently, so no registered pair is ever used.
 
-Networks (Zhu et al.'s, Johnson et al.'s ResNet generator; instance norm throughout):
+Networks (Zhu et al.'s, Johnson et al.'s ResNet generator; instance norm throughout; in
+`cyclegan_networks`):
   - generators G: source -> target and F: target -> source, c7s1-k, d2k, d4k, n residual
     blocks R4k, u2k, uk, c7s1-1 with reflection padding; tanh mapped to [0, 1]. k =
     `cyclegan.generator_features`, n = `cyclegan.generator_blocks`.
@@ -37,12 +38,10 @@ WORKDIR/baselines/cyclegan.msgpack (+ .json).
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,81 +49,15 @@ import numpy as np
 import optax
 from absl import logging
 
+from lmi_jax import loop
 from lmi_jax.baselines import common
+from lmi_jax.baselines.cyclegan_networks import PatchDiscriminator, ResnetGenerator
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, key_checker
 from lmi_jax.models import count_params
 
 NAME = "cyclegan"
 NUM_PREVIEW = 4  # Training slices in the preview.
-
-
-# --------------------------------------------------------------------------------------
-# Networks
-
-
-def reflect_pad(x: jax.Array, width: int) -> jax.Array:
-  """(B, H, W, C) -> (B, H + 2 width, W + 2 width, C) by reflection."""
-  return jnp.pad(x, ((0, 0), (width, width), (width, width), (0, 0)), mode="reflect")
-
-
-def instance_norm() -> nn.Module:
-  return nn.InstanceNorm(epsilon=1e-5)
-
-
-class ResidualBlock(nn.Module):
-  """Two reflection-padded 3x3 conv + instance norm layers with a skip; (B, H, W, C) kept."""
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = x.shape[-1]
-    h = nn.relu(instance_norm()(nn.Conv(features, (3, 3), padding="VALID",
-                                        use_bias=False)(reflect_pad(x, 1))))
-    h = instance_norm()(nn.Conv(features, (3, 3), padding="VALID", use_bias=False)(
-        reflect_pad(h, 1)))
-    return x + h
-
-
-class ResnetGenerator(nn.Module):
-  """(B, H, W, 1) images in [0, 1] -> (B, H, W, 1) in [0, 1]; H and W divisible by 4."""
-  features: int = 16
-  num_blocks: int = 6
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.features
-    h = 2.0 * x - 1.0
-    h = nn.relu(instance_norm()(nn.Conv(k, (7, 7), padding="VALID", use_bias=False)(
-        reflect_pad(h, 3))))
-    for mult in (2, 4):
-      h = nn.relu(instance_norm()(nn.Conv(k * mult, (3, 3), strides=2, padding=((1, 1), (1, 1)),
-                                          use_bias=False)(h)))
-    for _ in range(self.num_blocks):
-      h = ResidualBlock()(h)
-    for mult in (2, 1):
-      h = nn.relu(instance_norm()(nn.ConvTranspose(k * mult, (3, 3), strides=(2, 2),
-                                                   padding="SAME", use_bias=False)(h)))
-    h = nn.Conv(1, (7, 7), padding="VALID")(reflect_pad(h, 3))
-    return 0.5 * (jnp.tanh(h) + 1.0)
-
-
-class PatchDiscriminator(nn.Module):
-  """(B, H, W, 1) images in [0, 1] -> (B, h, w, 1) realness scores of overlapping patches
-  (h = H / 2^num_layers - 2)."""
-  features: int = 32
-  num_layers: int = 2
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    pad = ((1, 1), (1, 1))
-    h = nn.leaky_relu(nn.Conv(self.features, (4, 4), strides=2, padding=pad)(2.0 * x - 1.0),
-                      0.2)
-    for n in range(1, self.num_layers + 1):
-      stride = 2 if n < self.num_layers else 1
-      h = nn.Conv(self.features * min(2 ** n, 8), (4, 4), strides=stride, padding=pad,
-                  use_bias=False)(h)
-      h = nn.leaky_relu(instance_norm()(h), 0.2)
-    return nn.Conv(1, (4, 4), padding=pad)(h)
 
 
 # --------------------------------------------------------------------------------------
@@ -398,10 +331,9 @@ def unpaired_batches(source: np.ndarray, target: np.ndarray, seed: int, start_st
   while True:
     batch = {}
     for stream, (name, images) in enumerate((("source", source), ("target", target))):
-      rng = np.random.default_rng([seed, step, stream])
-      x = images[rng.integers(len(images), size=batch_size)]
-      flips = rng.random(batch_size) < 0.5 if hflip else np.zeros(batch_size, bool)
-      batch[name] = np.where(flips[:, None, None, None], x[:, :, ::-1], x)
+      rows, flips = common.draw_rows(np.random.default_rng([seed, step, stream]), len(images),
+                                     batch_size, hflip)
+      batch[name] = common.take_rows(images, rows, flips)
     yield batch
     step += 1
 
@@ -445,13 +377,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
       functools.partial(train_step, num_steps=np.int32(section.num_steps), settings=settings),
       lambda start: unpaired_batches(source, target, int(config.seed), start,
                                      int(section.batch_size), bool(section.hflip)),
-      state, os.path.join(workdir, NAME), common.loop_schedule(section),
+      state, os.path.join(workdir, NAME), loop.schedule_from_config(NAME, section),
       preview=lambda s: preview_images(s, settings, preview_source, preview_target))
   common.export(workdir, NAME, result.state.params["g"], {
-      "method": NAME, "steps": int(result.state.step), "finished": result.finished,
-      "wall_s": result.wall_s, "image_size": int(config.data.image_size),
-      "source_subjects": [int(s) for s in np.unique(train_split["subject"][rows])],
-      "exported": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": section.to_dict()})
+      **common.run_info(NAME, result, config),
+      "source_subjects": [int(s) for s in np.unique(train_split["subject"][rows])]})
 
 
 def load(config: ml_collections.ConfigDict, path: str) -> Any:

@@ -27,7 +27,6 @@ target) to WORKDIR/supervised, and the parameters to WORKDIR/baselines/supervise
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +39,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from lmi_jax import loop
 from lmi_jax.baselines import common
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, key_checker
@@ -148,11 +148,10 @@ def paired_batches(source: np.ndarray, target: np.ndarray, seed: int, start_step
   same rows, flipped together, drawn from (seed, step)."""
   step = start_step + 1
   while True:
-    rng = np.random.default_rng([seed, step])
-    rows = rng.integers(len(source), size=batch_size)
-    flips = rng.random(batch_size) < 0.5 if hflip else np.zeros(batch_size, bool)
-    yield {name: np.where(flips[:, None, None, None], x[rows][:, :, ::-1], x[rows])
-           for name, x in (("source", source), ("target", target))}
+    rows, flips = common.draw_rows(np.random.default_rng([seed, step]), len(source), batch_size,
+                                   hflip)
+    yield {"source": common.take_rows(source, rows, flips),
+           "target": common.take_rows(target, rows, flips)}
     step += 1
 
 
@@ -183,12 +182,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
       functools.partial(train_step, settings=settings),
       lambda start: paired_batches(source, target, int(config.seed), start,
                                    int(section.batch_size), bool(section.hflip)),
-      state, os.path.join(workdir, NAME), common.loop_schedule(section), preview=preview)
-  common.export(workdir, NAME, result.state.params, {
-      "method": NAME, "steps": int(result.state.step), "finished": result.finished,
-      "wall_s": result.wall_s, "image_size": int(config.data.image_size),
-      "exported": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": section.to_dict(),
-      "model": config.model.to_dict()})
+      state, os.path.join(workdir, NAME), loop.schedule_from_config(NAME, section),
+      preview=preview)
+  common.export(workdir, NAME, result.state.params,
+                {**common.run_info(NAME, result, config), "model": config.model.to_dict()})
 
 
 def load(config: ml_collections.ConfigDict, path: str) -> Any:

@@ -21,7 +21,6 @@ import glob
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -32,6 +31,7 @@ from lmi_jax import brain_extraction, files
 from lmi_jax.data import nifti, pairs, phantom, registration
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError, key_checker
+from lmi_jax.progress import Progress
 
 DATASETS = ("phantom", "ixi", "nifti")
 SLICE_SELECTS = ("range", "brain")
@@ -317,16 +317,14 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
     logging.info("Data: reading the cache %s", path)
     return _load(path)
   splits = split_subjects(subjects, data)
-  total, done, start = sum(len(s) for s in splits.values()) + len(extras), 0, time.time()
-  last = [0, start]  # Subjects done and time at the last progress line.
+  reporter = Progress(sum(len(s) for s in splits.values()) + len(extras),
+                      every=_PROGRESS_EVERY[0], every_s=_PROGRESS_EVERY[1])
 
   def progress() -> None:
-    nonlocal done
-    done += 1
-    now = time.time()
-    if done == total or done - last[0] >= _PROGRESS_EVERY[0] or now - last[1] >= _PROGRESS_EVERY[1]:
-      logging.info("Data (%s): %d/%d subjects, %.1f s", data.dataset, done, total, now - start)
-      last[:] = done, now
+    report = reporter.update(reporter.done + 1)
+    if report is not None:
+      logging.info("Data (%s): %d/%d subjects, %.1f s", data.dataset, report.done, report.total,
+                   report.elapsed_s)
   dataset = {split: _build_split(splits[split], data, progress) for split in SPLITS}
   if extras:
     parts = []
