@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lmi_jax import (brain_extraction, figures, files, masks, model_store, segmentation,
-                     translate)
+from lmi_jax import (brain_extraction, figures, files, masks, model_store, progress,
+                     segmentation, translate)
 from lmi_jax.data import dicom, nifti
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -300,7 +300,7 @@ def sample_scans(config: ml_collections.ConfigDict, workdir: str,
   scans = find_scans(inputs)
   out_dir = os.path.join(workdir, "samples")
   ctx, segmenter = None, None
-  done, failed, start = [], [], time.time()
+  done, failed, reporter = [], [], progress.Progress(len(scans))
   for index, scan in enumerate(scans):
     try:
       loaded = load_scan(scan, config, out_dir)
@@ -318,10 +318,10 @@ def sample_scans(config: ml_collections.ConfigDict, workdir: str,
         loaded = _failed(scan, error, alone=len(scans) == 1)
     if loaded is None:
       failed.append(scan.path)
-    elapsed = time.time() - start
+    report = reporter.update(index + 1, force=True)
     logging.info("Volume %d/%d (%s) %s; %.0f s elapsed, about %.0f s left for all.", index + 1,
-                 len(scans), scan.name, "done" if loaded is not None else "failed", elapsed,
-                 elapsed / (index + 1) * (len(scans) - index - 1))
+                 len(scans), scan.name, "done" if loaded is not None else "failed",
+                 report.elapsed_s, report.eta_s)
   if failed:
     raise InputError(f"{len(failed)} of {len(scans)} inputs failed ({', '.join(failed)}); the "
                      "log above gives each reason, the others' outputs are in "

@@ -18,7 +18,6 @@ import functools
 import itertools
 import os
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from lmi_jax import checkpoints
+from lmi_jax import checkpoints, loop, progress
 from lmi_jax.baselines import common
 from lmi_jax.baselines.stylegan.networks import (Nets, Params, build_nets, d_features,
                                                  discriminate, encode, init_encoder, synthesize)
@@ -169,10 +168,11 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, images: np.nd
   frozen = jax.device_put({"g": gan.g_ema, "d": gan.d, "w_avg": gan.w_avg})
   data = jnp.asarray(images, jnp.float32) * 2.0 - 1.0
   shown = images[np.linspace(0, len(images) - 1, 8).astype(int)]
-  schedule = common.LoopSchedule(
+  schedule = loop.LoopSchedule(
       num_steps=int(sg.encoder_steps), log_every=int(sg.log_every),
       checkpoint_every=int(sg.checkpoint_every), preview_every=int(sg.preview_every),
-      time_limit_min=float(sg.encoder_time_limit_min))
+      time_limit_min=float(sg.encoder_time_limit_min),
+      time_limit_key="stylegan.encoder_time_limit_min", lr_keys=("stylegan.encoder_lr",))
   return common.train_loop(
       lambda state, batch: step_fn(state, batch, frozen), lambda start: itertools.repeat(data),
       state, folder, schedule,
@@ -245,15 +245,15 @@ def invert(config: ml_collections.ConfigDict, params: dict[str, Params], targets
   start, run, render = make_inversion(nets, inversion_loss_weights(sg), float(sg.inversion_lr))
   model = jax.device_put(params)
   carry = jax.block_until_ready(start(model, jnp.asarray(targets, jnp.float32) * 2.0 - 1.0))
-  done, began = 0, time.perf_counter()
+  done, reporter = 0, progress.Progress(num_steps)
   while done < num_steps:
     todo = min(chunk, num_steps - done)
     carry, loss, pixel = run(model, carry, jnp.asarray(done), todo, jnp.asarray(num_steps))
     done += todo
     if log:
       loss, pixel = float(loss.mean()), float(pixel.mean())  # Waits for the chunk to finish.
-      elapsed = time.perf_counter() - began
+      report = reporter.update(done, force=True)
       logging.info("StyleGAN inversion of %d slices: step %d/%d, loss %.4g, pixel MSE %.4g, "
                    "%.1f s, ETA %.0f s", targets.shape[0], done, num_steps, loss, pixel,
-                   elapsed, elapsed / done * (num_steps - done))
+                   report.elapsed_s, report.eta_s)
   return np.asarray(carry[0]), np.asarray(render(model, carry[0]), np.float32)

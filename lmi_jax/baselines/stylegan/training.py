@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from lmi_jax import loop
 from lmi_jax.baselines import common
 from lmi_jax.baselines.stylegan.ada import ada_adjust, augment
 from lmi_jax.baselines.stylegan.networks import (Nets, Params, build_nets, discriminate,
@@ -272,10 +273,7 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
   data = jnp.asarray(images, jnp.float32) * 2.0 - 1.0
   sample_z = jax.random.normal(common.fast_key(int(config.seed) + 1), (8, nets.z_dim))
   reals = images[np.linspace(0, len(images) - 1, 8).astype(int)]
-  schedule = common.LoopSchedule(
-      num_steps=int(sg.num_steps), log_every=int(sg.log_every),
-      checkpoint_every=int(sg.checkpoint_every), preview_every=int(sg.preview_every),
-      time_limit_min=float(sg.time_limit_min))
+  schedule = loop.schedule_from_config("stylegan", sg, lr_keys=("stylegan.g_lr", "stylegan.d_lr"))
   return common.train_loop(
       lambda state, batch: gan_iteration(steps, state, batch, s, sg),
       lambda start: itertools.repeat(data), state, os.path.join(workdir, FOLDER), schedule,
