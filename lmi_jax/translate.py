@@ -315,17 +315,17 @@ def source_structure(config: ml_collections.ConfigDict, source: np.ndarray, name
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """`--mode=sample` without --input: translates the `eval.split` of the data set with `lmi`
-  (scans given with --input go through `lmi_jax.scans`).
+  """`--mode=sample` without --input: translates the `eval.split` of the data set with `lmi`,
+  as `--mode=eval` does (scans given with --input go through `lmi_jax.scans`).
 
   Returns the path of the translation written: WORKDIR/samples/<split>.npz (with a .png beside it).
   """
   out_dir = os.path.join(workdir, "samples")
-  key = sampling_key(config)
   data = load_dataset(config, workdir)
   ctx = make_context(config, workdir, data["train"]["target"])
   split = select_split(data, config.eval.split, int(config.eval.max_slices))
-  translated = translate_lmi(ctx, split["source"], key)
+  # As eval's lmi column: its noise stream and the source's brain.
+  translated = run_methods(ctx, ("lmi",), split["source"])[0]["lmi"]
   base = os.path.join(out_dir, config.eval.split)
   files.save_npz(base + ".npz", source=split["source"], translation=translated,
                              target=split["target"])

@@ -12,10 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage import filters
 
 from made_scans import save, write_dicom_series
 from configs import default
-from lmi_jax import brain_extraction, scans
+from lmi_jax import brain_extraction, scans, segmentation, translate
 from lmi_jax.data import dicom, phantom
 from lmi_jax.errors import InputError
 
@@ -208,3 +209,51 @@ def test_inputs_without_brain_contrast_warn(brain_3mm):
   noise = np.random.default_rng(0).normal(0, 0.02, brain.shape)
   ball = np.where(brain, 1.0 + noise, 0.0)  # A water phantom: one intensity, 2% noise.
   assert "one uniform intensity" in scans.contrast_warning(prepared(ball), "x")
+
+
+@pytest.mark.parametrize("mask", ["none", "foreground"])
+def test_a_whole_scan_is_translated_with_its_background(brain_3mm, tmp_path, monkeypatch, mask):
+  """With a model of whole scans (data.mask "none" or "foreground", not skull-stripped), a raw
+  head is translated whole: every axial slice holding at least 1% of the largest slice's
+  Otsu foreground, normalised to [0, 1] from the scan's minimum to the 99.5th percentile of
+  that foreground ("foreground": zero outside the head, its largest region with holes
+  filled), written back on the input's grid with nothing masked, and segmented by the
+  nearest K-means centroid above the background threshold. The translation is a stand-in
+  (1 - x, which lights up the background) so that every voxel written can be predicted:
+  the reference here is computed with NumPy, scikit-image and SciPy."""
+  t1, _, brain = brain_3mm
+  head, _ = raw_head(200.0 * t1, brain, scalp=0.9)
+  path = save(tmp_path / "head.nii.gz", head, np.diag([3.0, 3.0, 3.0, 1.0]))  # RAS already.
+  config = default.get_config()
+  config.data.mask, config.data.brain_extraction = mask, "auto"
+  config.data.image_size = max(head.shape[:2])  # One pixel per voxel: nothing is resized.
+  monkeypatch.setattr(translate, "translate_lmi", lambda ctx, source, key: 1.0 - source)
+  ctx = translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
+                          target_reference=np.zeros(1, np.float32))
+  segmenter = segmentation.KMeansSegmenter((0.3, 0.6, 0.9), 0.05)
+  out_dir = str(tmp_path / "samples")
+  loaded = scans.load_scan(scans.Scan(path, "head", False), config, out_dir)
+  record = scans.translate_scan(ctx, segmenter, loaded, out_dir)
+
+  foreground = head > filters.threshold_otsu(head)
+  area = foreground.sum((0, 1))
+  translated_z = np.flatnonzero(area >= 0.01 * area.max())
+  lo, hi = head.min(), np.percentile(head[foreground], config.data.p_hi)
+  normalised = np.clip((head - lo) / (hi - lo), 0.0, 1.0)
+  if mask == "foreground":
+    regions, _ = ndimage.label(foreground)
+    largest = regions == 1 + np.argmax(np.bincount(regions.ravel())[1:])
+    normalised *= ndimage.binary_fill_holes(largest)
+  want = np.zeros(head.shape)
+  want[..., translated_z] = 1.0 - normalised[..., translated_z]
+  assert record["brain"] == "whole scan" and record["slices"] == len(translated_z)
+  written = nib.load(record["outputs"]["translated.nii.gz"]).get_fdata()
+  np.testing.assert_allclose(written, want, atol=1e-5)
+  background = ~foreground
+  background[..., np.setdiff1d(np.arange(head.shape[2]), translated_z)] = False
+  assert written[background].min() > 0.5  # Translated too, not masked to 0.
+  labels = nib.load(record["outputs"]["segmentation.nii.gz"]).get_fdata()
+  nearest = 1 + np.argmin(np.abs(written[..., None] - np.array(segmenter.centroids)), axis=-1)
+  np.testing.assert_array_equal(labels, np.where(written > 0.05, nearest, 0))
+  mask_file = nib.load(record["outputs"]["brainmask.nii.gz"]).get_fdata()
+  np.testing.assert_array_equal(mask_file > 0, foreground)

@@ -68,8 +68,20 @@ def test_a_raw_head_is_refused_as_not_skull_stripped(cases, tmp_path):
     nifti.load_slices(path, brats_like(cases).data, brain_only=True)
 
 
-def test_eval_scores_the_brain_and_the_brain_outside_the_tumour(trained_on_cases):
+def test_eval_scores_the_brain_and_the_brain_outside_the_tumour(trained_on_cases, monkeypatch):
+  """Skull-stripped data are scored inside the brain, and once more outside the tumour; every
+  method's output is zero outside the source's brain (its background), as the input is, and
+  the sampler's output inside it is kept as it was."""
   config, workdir = trained_on_cases
+  masked = []  # (source, output as the method gave it, output as scored) per method.
+  real_inside = translate.inside_source_brain
+
+  def keep(config, source, translated):
+    out = real_inside(config, source, translated)
+    masked.append((np.array(source), np.array(translated), np.array(out)))
+    return out
+
+  monkeypatch.setattr(translate, "inside_source_brain", keep)
   report = translate.evaluate(config, workdir)
   data = load_dataset(config, workdir)["test"]
   outside = report["regions"]["outside_exclude"]
@@ -83,7 +95,19 @@ def test_eval_scores_the_brain_and_the_brain_outside_the_tumour(trained_on_cases
   text = open(os.path.join(workdir, "eval", "report.md")).read()
   assert "Outside the excluded regions" in text
   # Outputs are zero outside the source's brain, as the input's background is.
-  assert report["methods"]["lmi"]["psnr"]["mean"] is not None
+  assert len(masked) == len(config.eval.methods)
+  for (given, raw, out), name in zip(masked, config.eval.methods):
+    brain = given[..., 0] != 0
+    np.testing.assert_array_equal(given, data["source"])
+    assert np.all(out[..., 0][~brain] == 0), name
+    np.testing.assert_array_equal(out[..., 0][brain], raw[..., 0][brain])
+  lmi_raw, lmi_out = masked[config.eval.methods.index("lmi")][1:]
+  brain = data["source"][..., 0] != 0
+  assert np.abs(lmi_raw[..., 0][~brain]).mean() > 0.01  # The sampler's background is not 0 ...
+  # ... and the lmi row scores the masked output: its PSNR over the brain, by hand.
+  want = [10 * np.log10(1 / np.mean((o[m] - t[m]) ** 2))
+          for o, t, m in zip(lmi_out[..., 0], target, target > 0)]
+  np.testing.assert_allclose(report["methods"]["lmi"]["per_slice"]["psnr"], want, rtol=1e-6)
 
 
 def test_sample_input_writes_translation_and_segmentation_on_the_input_grid(
