@@ -60,7 +60,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 from scipy import ndimage
 
-from lmi_jax import evaluation, files, host, lmi, masks, reference_map, structure, translate
+from lmi_jax import evaluation, files, host, lmi, masks, methods, reference_map, structure, translate
 from lmi_jax.data import dataset, nifti, phantom
 from lmi_jax.data import slices as slicing
 from lmi_jax.errors import InputError
@@ -286,10 +286,10 @@ def lmi_overrides() -> str:
 # Translation and scores
 
 
-def score_model(ctx: translate.Context) -> tuple[str, int, int | None]:
+def score_model(ctx: methods.Context) -> tuple[str, int, int | None]:
   """(absolute folder, training step, faint step) of the score model lmi and sdedit use, as
   `translate.load_model` restored it; faint step is that of its faint-contrast model when
-  lmi may use it (`translate.lmi_model`), else None."""
+  lmi may use it (`methods.lmi_model`), else None."""
   faint = ctx.faint is not None and ctx.config.sampling.faint_below > 0
   return (os.path.abspath(ctx.model_folder), ctx.step,
           ctx.faint.step if faint else None)
@@ -306,24 +306,24 @@ def _settings_key(config: ml_collections.ConfigDict, method: str,
   return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def translate_variant(ctx: translate.Context, config: ml_collections.ConfigDict,
+def translate_variant(ctx: methods.Context, config: ml_collections.ConfigDict,
                       out: str, name: str, source: np.ndarray,
-                      methods: tuple[str, ...], model: tuple[str, int, int | None]
+                      names: tuple[str, ...], model: tuple[str, int, int | None]
                       ) -> dict[str, np.ndarray]:
   """Each method's (N, H, W, 1) translation, reusing OUT/outputs/<name>.npz entries made
   with the same settings and score model (`score_model`). Each method draws the noise of
-  `translate.method_key`, so a run of lmi alone draws the noise it draws in a full run."""
+  `methods.method_key`, so a run of lmi alone draws the noise it draws in a full run."""
   path = os.path.join(out, "outputs", name.replace("=", "_").replace(",", "-") + ".npz")
   stored = dict(np.load(path)) if os.path.isfile(path) else {}
   outputs = {}
-  for method in methods:
+  for method in names:
     key = _settings_key(config, method, model)
     if f"{method}/{key}" in stored:
       outputs[method] = stored[f"{method}/{key}"]
       continue
     start = time.time()
-    outputs[method] = translate.inside_source_brain(
-        config, source, translate.METHODS[method](ctx, source, translate.method_key(config, method)))
+    outputs[method] = methods.inside_source_brain(
+        config, source, methods.METHODS[method](ctx, source, methods.method_key(config, method)))
     logging.info("%s %s: %d slices in %.1f s", name, method, len(source), time.time() - start)
     stored[f"{method}/{key}"] = outputs[method]
     files.save_npz(path, **stored)
@@ -491,12 +491,12 @@ def plot(rows: dict, methods: tuple[str, ...], path: str, title: str,
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.INFO)
-  methods = translate.check_methods(tuple(m for m in FLAGS.methods.split(",") if m))
+  names = methods.check_methods(tuple(m for m in FLAGS.methods.split(",") if m))
   config = sweep_config()
   run_lmi, trained = lmi.from_config(config.lmi), trained_lmi()
   host.split_host(int(config.host_devices))
   variants = parse_variants(FLAGS.levels, FLAGS.noise, [o for o in FLAGS.order if o])
-  needed = () if FLAGS.features_only else methods
+  needed = () if FLAGS.features_only else names
   split, segmenter, ctx = translate.prepare_split(config, FLAGS.workdir, needed)
   model = score_model(ctx)
   made = make_variants(config, split, variants)
@@ -519,7 +519,7 @@ def main(argv: list[str]) -> None:
                                                     split["labels"]))
       logging.info("%s: %s", variant.name, features[variant.name])
       continue
-    outputs = translate_variant(ctx, config, FLAGS.out, variant.name, parts["source"], methods,
+    outputs = translate_variant(ctx, config, FLAGS.out, variant.name, parts["source"], names,
                                 model)
     report = translate.score_split(config, outputs, dict(split, source=parts["source"]), segmenter)
     rows[variant.name] = summarise(report, cnr, scores)
@@ -527,7 +527,7 @@ def main(argv: list[str]) -> None:
               "split": config.eval.split, "source": config.data.source,
               "n_slices": len(split["source"]), "lmi": config.lmi.to_dict(),
               "sampling": config.sampling.to_dict(),
-              "methods": list(methods)}
+              "methods": list(names)}
   if FLAGS.features_only:
     keys = list(next(iter(features.values())))
     table = ["| variant | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
@@ -537,7 +537,7 @@ def main(argv: list[str]) -> None:
     atomic_write(os.path.join(FLAGS.out, "features.json"),
                  json.dumps({"settings": settings, "rows": features}, indent=1).encode())
   else:
-    text = markdown(rows, methods, baseline)
+    text = markdown(rows, names, baseline)
     atomic_write(os.path.join(FLAGS.out, "results.json"),
                  json.dumps(evaluation.json_safe({"settings": settings, "rows": rows}),
                             indent=1).encode())
@@ -551,7 +551,7 @@ def main(argv: list[str]) -> None:
              + (f" (structure < {config.sampling.faint_below:g}: its faint/, step {faint_step})"
                 if faint_step is not None else "")
              + ("; dashed: the --baseline run" if baseline else ""))
-    plot(rows, methods, os.path.join(FLAGS.out, "sweep.png"), title, baseline)
+    plot(rows, names, os.path.join(FLAGS.out, "sweep.png"), title, baseline)
   atomic_write(os.path.join(FLAGS.out, "table.md"), (text + "\n").encode())
   print(text)
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import host, multiscale, sampling, translate
+from lmi_jax import host, methods, multiscale, sampling, translate
 
 config_flags.DEFINE_config_file("config", None, "A config with sampling.lowres_model set.",
                                 lock_config=False)
@@ -36,7 +36,8 @@ flags.DEFINE_list("t0", ["0.3", "0.5"], "Start times of the diffusion rows.")
 flags.DEFINE_list("guided", ["2:0.001", "4:0.001", "4:0.01", "8:0.01"],
                   "radius:eps of the guided rows.")
 flags.DEFINE_bool("from_prior", True, "Add lmi at full resolution from the prior.")
-flags.DEFINE_list("samplers", [], "method:nfe of diffusion rows at the config's t0 (e.g. dpm2m:15).")
+flags.DEFINE_list("samplers", [], "method:nfe[:t0] of diffusion rows (t0: the config's if not "
+                  "given), e.g. dpm2m:21:0.8; the sampler takes t0 of the nfe.")
 flags.DEFINE_list("draws", [], "Numbers of low-resolution draws averaged, beside the config's "
                   "(rows: enlarged, and diffusion with the config's sampler).")
 flags.DEFINE_string("paired_to", "none", "Row the paired differences are taken against.")
@@ -47,28 +48,28 @@ def main(argv: list[str]) -> None:
   del argv
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   host.split_host(int(config.host_devices))
-  methods = ("source_kmeans", "identity")
-  split, segmenters, ctx = translate.prepare_split(config, workdir, ("lmi",) + methods)
+  competitors = ("source_kmeans", "identity")
+  split, segmenters, ctx = translate.prepare_split(config, workdir, ("lmi",) + competitors)
   if ctx.lowres is None:
     raise SystemExit("set --config.sampling.lowres_model (e.g. checkpoints/brats_t1)")
   source = split["source"]
-  outputs, seconds = translate.run_methods(ctx, methods, source)
-  nfe = {name: (0, 0) for name in methods}  # Network evaluations per slice: (full res, low res).
-  lmi_key = translate.method_key(config, "lmi")
+  outputs, seconds = methods.run_methods(ctx, competitors, source)
+  nfe = {name: (0, 0) for name in competitors}  # Network evaluations per slice: (full res, low res).
+  lmi_key = methods.method_key(config, "lmi")
   # lmi's own keys, so the row of the shipped design is what --mode=sample gives.
   start_key, refine_key = jax.random.split(lmi_key)
   configured = int(config.sampling.lowres_samples)
   counts = sorted({configured, *map(int, flags.FLAGS.draws)})
   lowres_nfe = sampling.network_evaluations(ctx.lowres.config.sampling)
   began = time.time()
-  draws = multiscale.lowres_draws(ctx, source, start_key, translate.translate_lmi, max(counts))
+  draws = multiscale.lowres_draws(ctx, source, start_key, methods.translate_lmi, max(counts))
   per_draw = (time.time() - began) / len(draws)  # Every draw costs the same.
   starts = {d: multiscale.enlarged_mean(draws[:d], source.shape[1:3]) for d in counts}
   for d in counts:
     name = "none" if d == configured else f"none, {d} draws"
-    outputs[name] = translate.inside_source_brain(config, source, starts[d])
+    outputs[name] = methods.inside_source_brain(config, source, starts[d])
     seconds[name], nfe[name] = d * per_draw, (0, d * lowres_nfe)
-  reference = translate.lmi_reference(ctx, source)
+  reference = methods.lmi_reference(ctx, source)
 
   def run(name: str, d: int = configured, **settings) -> None:
     cfg = config.copy_and_resolve_references()
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> None:
     began = time.time()
     out = multiscale.refine(dataclasses.replace(ctx, config=cfg), reference, starts[d], refine_key)
     seconds[name] = d * per_draw + time.time() - began
-    outputs[name] = translate.inside_source_brain(config, source, out)
+    outputs[name] = methods.inside_source_brain(config, source, out)
     full = (sampling.network_evaluations(cfg.sampling, float(cfg.sampling.lowres_t0))
             if cfg.sampling.lowres_refine == "diffusion" else 0)
     nfe[name] = (full, d * lowres_nfe)
@@ -88,15 +89,17 @@ def main(argv: list[str]) -> None:
   for t0 in flags.FLAGS.t0:
     run(f"diffusion t0={t0}", lowres_refine="diffusion", lowres_t0=float(t0))
   for item in flags.FLAGS.samplers:
-    method, count = item.split(":")
-    run(f"diffusion {method} nfe={count}", lowres_refine="diffusion", method=method, nfe=int(count))
+    method, count, *t0 = item.split(":")
+    t0 = float(t0[0]) if t0 else float(config.sampling.lowres_t0)
+    run(f"diffusion {method} nfe={count} t0={t0:g}", lowres_refine="diffusion", method=method,
+        nfe=int(count), lowres_t0=t0)
   for d in counts:
     if d != configured:
       run(f"diffusion, {d} draws", d, lowres_refine="diffusion")
   if flags.FLAGS.from_prior:
     began = time.time()
-    outputs["from prior"] = translate.inside_source_brain(
-        config, source, translate.translate_lmi(dataclasses.replace(ctx, lowres=None), source, lmi_key))
+    outputs["from prior"] = methods.inside_source_brain(
+        config, source, methods.translate_lmi(dataclasses.replace(ctx, lowres=None), source, lmi_key))
     seconds["from prior"] = time.time() - began
     nfe["from prior"] = (sampling.network_evaluations(config.sampling), 0)
   report = translate.score_split(config, outputs, split, segmenters)

@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, host, metrics, model_store, scans, segmentation, translate
+from lmi_jax import evaluation, host, methods, metrics, model_store, scans, segmentation, translate
 from lmi_jax.data import dataset, nifti, pairs
 from lmi_jax.data import slices as slicing
 from lmi_jax.files import atomic_path
@@ -140,8 +140,8 @@ def baseline_volumes(config: ml_collections.ConfigDict, workdir: str, name: str,
   for case in cases:
     volume, affine = nifti.load_volume(case.source)
     slices, geometry = nifti.volume_slices(volume, affine, case.source, config.data, brain_only=True)
-    translated = translate.METHODS[name](ctx, slices, jax.random.key(0))
-    translated = translate.inside_source_brain(config, slices, translated)
+    translated = methods.METHODS[name](ctx, slices, jax.random.key(0))
+    translated = methods.inside_source_brain(config, slices, translated)
     path = os.path.join(workdir, f"{case.name}_{name}.nii.gz")
     os.makedirs(workdir, exist_ok=True)
     nifti.write_translation(translated[..., 0], geometry, path, keep=nifti.to_file_order(volume != 0, case.source))

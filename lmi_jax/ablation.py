@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmi_jax import checkpoints, evaluation, files, host, train, translate
+from lmi_jax import checkpoints, evaluation, files, host, methods, train, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError, one_line
 
@@ -173,12 +173,12 @@ def ablate(config: ml_collections.ConfigDict, workdir: str, grid: list[tuple[str
   if config.eval.split == "test":
     raise InputError("eval.split = 'test': choose settings on the validation split "
                      "(--config.eval.split=val) and keep the test split for the final report.")
-  methods = translate.check_methods(config.eval.methods)
+  names = methods.check_methods(config.eval.methods)
   all_settings = settings(config, grid, baseline)
   if not all_settings:
     raise InputError("nothing to run: --nobaseline and no --vary value that differs from the config.")
   data = load_dataset(config, workdir)
-  split, segmenters, ctx = translate.prepare_split(config, workdir, () if trained else methods,
+  split, segmenters, ctx = translate.prepare_split(config, workdir, () if trained else names,
                                                   data)
   # Every setting trains on the same slices: data keys cannot vary.
   images = data["train"]["target"]
@@ -193,14 +193,14 @@ def ablate(config: ml_collections.ConfigDict, workdir: str, grid: list[tuple[str
       row_ctx = translate.load_model(ctx, setting, model_dir)
     else:
       row_ctx = dataclasses.replace(ctx, config=setting)
-    outputs, seconds = translate.run_methods(row_ctx, methods, split["source"])
+    outputs, seconds = methods.run_methods(row_ctx, names, split["source"])
     report = translate.score_split(setting, outputs, split, segmenters)
     for method, entry in report["methods"].items():
       rows.append({"setting": name, "method": method, "step": row_ctx.step,
                    "seconds": seconds[method], "class_means": entry.get("class_means"),
                    "metrics": {m: entry[m] for m in evaluation.METRICS if m in entry}})
     # Rewritten after every setting, so a long run shows what it has so far.
-    table = ablation_markdown(rows, methods, len(split["source"]), config.eval.split,
+    table = ablation_markdown(rows, names, len(split["source"]), config.eval.split,
                               report.get("target_class_means"))
     files.atomic_write(os.path.join(out_dir, "ablation.md"), table.encode())
     files.atomic_write(os.path.join(out_dir, "ablation.json"), json.dumps(

@@ -16,7 +16,7 @@ from lmi_jax import sampling
 from lmi_jax.progress import Clock, Progress
 
 if TYPE_CHECKING:
-  from lmi_jax.translate import Context
+  from lmi_jax.methods import Context
 
 
 class StepProgress:

@@ -17,7 +17,7 @@ The rules differ because the images do, and each says which images it is for:
 - `from_priors`: voxels whose tissue probability maps (grey, white, CSF) sum above 0.5.
 
 Which one the data call for is chosen by data.mask where a volume is read
-(`lmi_jax.data.slices.brain`) and where slices are scored (`lmi_jax.translate.brain_region`).
+(`lmi_jax.data.slices.brain`) and where slices are scored (`lmi_jax.methods.brain_region`).
 """
 
 import numpy as np

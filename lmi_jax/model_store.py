@@ -14,7 +14,7 @@ from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
 if TYPE_CHECKING:
-  from lmi_jax.translate import Context
+  from lmi_jax.methods import Context
 
 
 @dataclasses.dataclass(frozen=True)

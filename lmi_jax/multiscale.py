@@ -34,7 +34,7 @@ from lmi_jax.models import create_model, lmi_score
 from lmi_jax.sde import sde_from_config
 
 if TYPE_CHECKING:
-  from lmi_jax.translate import Context
+  from lmi_jax.methods import Context
 
 def shipped_config(folder: str, key: str) -> ml_collections.ConfigDict:
   """The config.py stored in a shipped model folder, as it trained the model there."""

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lmi_jax import (brain_extraction, figures, files, masks, model_store, progress,
+from lmi_jax import (brain_extraction, figures, files, masks, methods, model_store, progress,
                      segmentation, translate)
 from lmi_jax.data import dicom, nifti
 from lmi_jax.data import slices as slicing
@@ -238,16 +238,16 @@ def load_scan(scan: Scan, config: ml_collections.ConfigDict, out_dir: str) -> Lo
   return LoadedScan(scan, prepared, slices, geometry, structure, warning)
 
 
-def translate_scan(ctx: translate.Context, segmenter: segmentation.KMeansSegmenter,
+def translate_scan(ctx: methods.Context, segmenter: segmentation.KMeansSegmenter,
                    loaded: LoadedScan, out_dir: str) -> dict:
   """One loaded scan translated, segmented and written (see the module docstring); returns
   its record (also written as <name>_translated.json)."""
   config, scan, prepared, slices = ctx.config, loaded.scan, loaded.prepared, loaded.slices
   geometry, report, warning = loaded.geometry, loaded.structure, loaded.warning
   logging.info("%s: translating the %d axial slices that hold brain.", scan.path, len(slices))
-  chosen = translate.lmi_model(ctx, slices)
-  translated = translate.translate_lmi(chosen, slices, translate.method_key(config, "lmi"))
-  translated = translate.inside_source_brain(config, slices, translated)
+  chosen = methods.lmi_model(ctx, slices)
+  translated = methods.translate_lmi(chosen, slices, methods.method_key(config, "lmi"))
+  translated = methods.inside_source_brain(config, slices, translated)
   if not np.all(np.isfinite(translated)):
     raise InputError(f"{scan.path}: the translation is not finite; check the sampling.* and "
                      "sde.* settings (configs/default.py gives sound values).")

@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from configs import tiny
-from lmi_jax import evaluation, figures, metrics, segmentation, translate
+from lmi_jax import evaluation, figures, methods, metrics, segmentation, translate
 from lmi_jax.errors import InputError
 
 # Planted tissue intensities (CSF, GM, WM) of the synthetic T1w-like phantom.
@@ -328,11 +328,11 @@ def source_like(labels: np.ndarray, order: tuple[int, ...], gain: float = 1.0,
 
 
 def source_kmeans_context(order: tuple[int, ...], segmenter: segmentation.KMeansSegmenter,
-                          volumes: np.ndarray | None) -> translate.Context:
+                          volumes: np.ndarray | None) -> methods.Context:
   config = tiny.get_config()
   config.data.source_order = order
   config.eval.kmeans_n_init = 3
-  return translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
+  return methods.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
                            target_reference=np.zeros(1, np.float32), segmenter=segmenter,
                            volumes=volumes)
 
@@ -346,7 +346,7 @@ def test_source_kmeans_names_each_volumes_clusters_by_the_source_order(segmenter
   source = np.concatenate([source_like(labels[:3], flair, seed=1),
                            source_like(labels[3:], flair, gain=0.5, seed=2)])
   volumes = np.array([7, 7, 7, 9, 9, 9])
-  out = translate.METHODS["source_kmeans"](source_kmeans_context(flair, segmenter, volumes),
+  out = methods.METHODS["source_kmeans"](source_kmeans_context(flair, segmenter, volumes),
                                            source, None)
   assert out.shape == source.shape and out.dtype == np.float32
   # Drawn at the target K-means' centroids: the same K-means reads the named classes back.
@@ -355,7 +355,7 @@ def test_source_kmeans_names_each_volumes_clusters_by_the_source_order(segmenter
   np.testing.assert_array_equal(seg, labels)
   report = evaluation.evaluate_methods({"source_kmeans": out}, target, segmenter, labels=labels)
   assert report["methods"]["source_kmeans"]["dice"]["mean"] == pytest.approx(1.0)
-  pooled = translate.METHODS["source_kmeans"](source_kmeans_context(flair, segmenter, None),
+  pooled = methods.METHODS["source_kmeans"](source_kmeans_context(flair, segmenter, None),
                                               source, None)
   pooled_report = evaluation.evaluate_methods({"pooled": pooled}, target, segmenter, labels=labels)
   assert pooled_report["methods"]["pooled"]["dice"]["mean"] < 0.8
@@ -365,10 +365,10 @@ def test_a_wrong_source_order_scores_low_and_the_best_naming_recovers_it(segment
   target, labels = phantom(4, seed=5)
   source = source_like(labels, (1, 3, 2))
   wrong = source_kmeans_context((3, 2, 1), segmenter, None)  # The T2w order for a FLAIR.
-  outputs = {"source_kmeans": translate.METHODS["source_kmeans"](wrong, source, None),
-             "source_kmeans_best": translate.METHODS["source_kmeans_best"](wrong, source, None)}
+  outputs = {"source_kmeans": methods.METHODS["source_kmeans"](wrong, source, None),
+             "source_kmeans_best": methods.METHODS["source_kmeans_best"](wrong, source, None)}
   report = evaluation.evaluate_methods(outputs, target, segmenter, labels=labels,
-                                       best_named=translate.BEST_NAMING)
+                                       best_named=methods.BEST_NAMING)
   named, best = report["methods"]["source_kmeans"], report["methods"]["source_kmeans_best"]
   assert named["dice"]["mean"] < 0.5 and "naming" not in named
   # source_kmeans_best enters scoring named by rank, so its renaming is the true source order.
@@ -385,7 +385,7 @@ def test_the_best_naming_is_chosen_volume_by_volume(segmenter):
   target, labels = phantom(4, seed=6)
   source = np.concatenate([source_like(labels[:2], (1, 3, 2)), source_like(labels[2:], (1, 2, 3))])
   ctx = source_kmeans_context((1, 3, 2), segmenter, np.array([0, 0, 1, 1]))
-  out = translate.METHODS["source_kmeans_best"](ctx, source, None)
+  out = methods.METHODS["source_kmeans_best"](ctx, source, None)
   report = evaluation.evaluate_methods({"best": out}, target, segmenter, best_named=("best",),
                                        volumes=np.array([5, 5, 2, 2]))
   assert report["methods"]["best"]["naming"] == {"2": [1, 2, 3], "5": [1, 3, 2]}
@@ -416,7 +416,7 @@ def test_source_kmeans_checks_the_configured_order(segmenter):
   target, labels = phantom(1)
   ctx = source_kmeans_context((1, 3, 3), segmenter, None)
   with pytest.raises(InputError, match=r"data.source_order = \(1, 3, 3\)"):
-    translate.METHODS["source_kmeans"](ctx, source_like(labels, (1, 2, 3)), None)
+    methods.METHODS["source_kmeans"](ctx, source_like(labels, (1, 2, 3)), None)
 
 
 def test_eval_scores_source_kmeans_per_subject(tmp_path):
@@ -431,10 +431,10 @@ def test_eval_scores_source_kmeans_per_subject(tmp_path):
                            source_like(labels[2:], (1, 3, 2), gain=0.5)])
   split = {"source": source, "target": target, "subject": np.array([3, 3, 8, 8], np.int32)}
   data = {"train": {"source": train, "target": train}, "val": split, "test": split}
-  methods = translate.check_methods(("source_kmeans", "source_kmeans_best", "identity"))
-  split, segmenters, ctx = translate.prepare_split(config, str(tmp_path), methods, data=data)
+  names = methods.check_methods(("source_kmeans", "source_kmeans_best", "identity"))
+  split, segmenters, ctx = translate.prepare_split(config, str(tmp_path), names, data=data)
   np.testing.assert_array_equal(ctx.volumes, [3, 3, 8, 8])
-  outputs, _ = translate.run_methods(ctx, methods, split["source"])
+  outputs, _ = methods.run_methods(ctx, names, split["source"])
   report = translate.score_split(config, outputs, split, segmenters)
   entries = report["methods"]
   assert entries["source_kmeans"]["dice"]["mean"] == pytest.approx(1.0)
@@ -443,7 +443,7 @@ def test_eval_scores_source_kmeans_per_subject(tmp_path):
   assert entries["identity"]["dice"]["mean"] < 0.9
   paths = evaluation.write_report(report, str(tmp_path))
   with open(paths["csv"]) as f:
-    assert [row["method"] for row in csv.DictReader(f)] == list(methods)
+    assert [row["method"] for row in csv.DictReader(f)] == list(names)
 
 
 def test_edge_correlation_matches_scipy_sobel_and_ignores_contrast():
@@ -490,19 +490,19 @@ def test_reports_carry_the_edge_correlation(segmenter, report_inputs):
 
 
 def test_method_noise_does_not_depend_on_the_order_of_eval_methods(monkeypatch):
-  """Each method's key comes from its name (translate.method_key), not its place in
+  """Each method's key comes from its name (methods.method_key), not its place in
   eval.methods: lmi and sdedit, given key-dependent stand-ins, return the same outputs in
   either order, different from each other, and lmi's is drawn from the key --mode=sample uses."""
   draw = lambda ctx, source, key: np.asarray(jax.random.uniform(key, source.shape))
-  monkeypatch.setitem(translate.METHODS, "lmi", draw)
-  monkeypatch.setitem(translate.METHODS, "sdedit", draw)
+  monkeypatch.setitem(methods.METHODS, "lmi", draw)
+  monkeypatch.setitem(methods.METHODS, "sdedit", draw)
   config = tiny.get_config()
   config.data.mask = "none"
-  ctx = translate.Context(None, None, None, None, config, None)
+  ctx = methods.Context(None, None, None, None, config, None)
   source = np.full((2, 8, 8, 1), 0.5, np.float32)
-  forward, _ = translate.run_methods(ctx, ("lmi", "sdedit", "identity"), source)
-  backward, _ = translate.run_methods(ctx, ("identity", "sdedit", "lmi"), source)
+  forward, _ = methods.run_methods(ctx, ("lmi", "sdedit", "identity"), source)
+  backward, _ = methods.run_methods(ctx, ("identity", "sdedit", "lmi"), source)
   for name in ("lmi", "sdedit", "identity"):
     np.testing.assert_array_equal(forward[name], backward[name])
   assert not np.allclose(forward["lmi"], forward["sdedit"])
-  np.testing.assert_array_equal(forward["lmi"], draw(None, source, translate.method_key(config, "lmi")))
+  np.testing.assert_array_equal(forward["lmi"], draw(None, source, methods.method_key(config, "lmi")))

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from made_scans import brats_like, train_briefly
-from lmi_jax import multiscale, pretrained, scans, settings, translate
+from lmi_jax import methods, multiscale, pretrained, scans, settings, translate
 from lmi_jax.data import train_batches
 from lmi_jax.data import load_dataset
 from lmi_jax.data import slices as slicing
@@ -150,10 +150,10 @@ def test_lmi_refines_a_low_resolution_translation(cases, trained_on_cases, tmp_p
   outputs = {}
   for refine in ("none", "guided", "diffusion"):
     config.sampling.lowres_refine = refine
-    outputs[refine] = translate.translate_lmi(ctx, source, key)
+    outputs[refine] = methods.translate_lmi(ctx, source, key)
   assert all(o.shape == source.shape and np.isfinite(o).all() for o in outputs.values())
   # The same low-resolution start under each refinement: guided is its filter by the source.
-  reference = translate.lmi_reference(ctx, source)
+  reference = methods.lmi_reference(ctx, source)
   np.testing.assert_allclose(
       outputs["guided"],
       np.clip(multiscale.guided_filter(reference, outputs["none"], 4, 0.01), 0, 1), atol=1e-5)
@@ -163,10 +163,10 @@ def test_lmi_refines_a_low_resolution_translation(cases, trained_on_cases, tmp_p
   start_key = jax.random.key(1)
   canvas = ctx.lowres.config.data.image_size
   small = multiscale.resize_slices(source, (canvas, canvas))
-  draws = [translate.translate_lmi(ctx.lowres, small, jax.random.fold_in(start_key, i)) for i in (0, 1)]
+  draws = [methods.translate_lmi(ctx.lowres, small, jax.random.fold_in(start_key, i)) for i in (0, 1)]
   assert np.abs(draws[0] - draws[1]).mean() > 1e-3
   np.testing.assert_allclose(
-      multiscale.lowres_start(ctx, source, start_key, translate.translate_lmi),
+      multiscale.lowres_start(ctx, source, start_key, methods.translate_lmi),
       multiscale.resize_slices((draws[0] + draws[1]) / 2, source.shape[1:3]), atol=1e-5)
 
 

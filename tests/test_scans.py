@@ -16,7 +16,7 @@ from skimage import filters
 
 from made_scans import save, write_dicom_series
 from configs import default
-from lmi_jax import brain_extraction, scans, segmentation, translate
+from lmi_jax import brain_extraction, methods, scans, segmentation
 from lmi_jax.data import dicom, phantom
 from lmi_jax.errors import InputError
 
@@ -227,8 +227,8 @@ def test_a_whole_scan_is_translated_with_its_background(brain_3mm, tmp_path, mon
   config = default.get_config()
   config.data.mask, config.data.brain_extraction = mask, "auto"
   config.data.image_size = max(head.shape[:2])  # One pixel per voxel: nothing is resized.
-  monkeypatch.setattr(translate, "translate_lmi", lambda ctx, source, key: 1.0 - source)
-  ctx = translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
+  monkeypatch.setattr(methods, "translate_lmi", lambda ctx, source, key: 1.0 - source)
+  ctx = methods.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
                           target_reference=np.zeros(1, np.float32))
   segmenter = segmentation.KMeansSegmenter((0.3, 0.6, 0.9), 0.05)
   out_dir = str(tmp_path / "samples")

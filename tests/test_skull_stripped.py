@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from made_scans import brats_like, save
-from lmi_jax import model_store, segmentation, translate
+from lmi_jax import methods, model_store, segmentation, translate
 from lmi_jax.data import load_dataset
 from lmi_jax.data import slices as slicing
 
@@ -74,14 +74,14 @@ def test_eval_scores_the_brain_and_the_brain_outside_the_tumour(trained_on_cases
   the sampler's output inside it is kept as it was."""
   config, workdir = trained_on_cases
   masked = []  # (source, output as the method gave it, output as scored) per method.
-  real_inside = translate.inside_source_brain
+  real_inside = methods.inside_source_brain
 
   def keep(config, source, translated):
     out = real_inside(config, source, translated)
     masked.append((np.array(source), np.array(translated), np.array(out)))
     return out
 
-  monkeypatch.setattr(translate, "inside_source_brain", keep)
+  monkeypatch.setattr(methods, "inside_source_brain", keep)
   report = translate.evaluate(config, workdir)
   data = load_dataset(config, workdir)["test"]
   outside = report["regions"]["outside_exclude"]

@@ -16,7 +16,7 @@ from skimage.metrics import structural_similarity
 from made_scans import train_briefly
 
 from configs import phantom_pd2t1_cpu, phantom_pd2t1_gpu, tiny
-from lmi_jax import (ablation, checkpoints, lmi, model_store, models, pretrained, sde as sdes,
+from lmi_jax import (ablation, checkpoints, lmi, methods, model_store, models, pretrained, sde as sdes,
                      segmentation, translate)
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
@@ -68,14 +68,14 @@ def test_eval_writes_a_row_per_method(trained, monkeypatch):
   config = config.copy_and_resolve_references()
   config.eval.max_slices = 3
   outputs = {}
-  real_run_methods = translate.run_methods
+  real_run_methods = methods.run_methods
 
   def keep_outputs(*args, **kwargs):
     result = real_run_methods(*args, **kwargs)
     outputs.update(result[0])
     return result
 
-  monkeypatch.setattr(translate, "run_methods", keep_outputs)
+  monkeypatch.setattr(methods, "run_methods", keep_outputs)
   report = translate.evaluate(config, workdir)
   assert tuple(report["methods"]) == config.eval.methods == ("lmi", "sdedit", "histmatch", "identity")
   assert tuple(outputs) == config.eval.methods and report["n_slices"] == 3
@@ -130,14 +130,14 @@ def test_sample_writes_arrays_and_grid(trained, monkeypatch):
   config = config.copy_and_resolve_references()
   config.eval.max_slices = 2
   calls = []
-  real_translate_lmi = translate.translate_lmi
+  real_translate_lmi = methods.translate_lmi
 
   def keep_call(ctx, source, key):
     out = real_translate_lmi(ctx, source, key)
     calls.append((ctx, np.array(source), np.array(key), out))
     return out
 
-  monkeypatch.setitem(translate.METHODS, "lmi", keep_call)
+  monkeypatch.setitem(methods.METHODS, "lmi", keep_call)
   path = translate.sample(config, workdir)
   arrays = np.load(path)
   test = load_dataset(config, workdir)["test"]
@@ -147,9 +147,9 @@ def test_sample_writes_arrays_and_grid(trained, monkeypatch):
   assert ctx.step == 4 and ctx.model_folder == checkpoints.score_folder(workdir)
   np.testing.assert_array_equal(source, test["source"][:2])
   # eval's lmi column for these slices: the same noise stream, the same brain.
-  np.testing.assert_array_equal(key, translate.method_key(config, "lmi"))
+  np.testing.assert_array_equal(key, methods.method_key(config, "lmi"))
   np.testing.assert_array_equal(arrays["translation"],
-                                translate.inside_source_brain(config, source, translated))
+                                methods.inside_source_brain(config, source, translated))
   assert arrays["translation"].shape == (2, 32, 32, 1)
   assert np.abs(arrays["translation"] - arrays["source"]).mean() > 0.01
   assert matplotlib.image.imread(path.replace(".npz", ".png")).ndim == 3
@@ -294,7 +294,7 @@ def test_shipped_lmi_translation_is_closer_to_the_target_than_its_source(phantom
   ctx = translate.make_context(config, str(tmp_path), None)  # No checkpoint: the shipped model.
   assert ctx.model_folder.endswith(os.path.join("checkpoints", "phantom_pd2t1"))
   source = data["test"]["source"][:3]
-  translated = translate.translate_lmi(ctx, source, translate.method_key(config, "lmi"))
+  translated = methods.translate_lmi(ctx, source, methods.method_key(config, "lmi"))
   _check_closer_than_source(translated, data, config, metrics=("corr", "dice"))
   cross = _cross_correlations(translated, data["test"])
   own, others = np.diag(cross), cross[~np.eye(len(cross), dtype=bool)].reshape(len(cross), -1)
@@ -354,24 +354,24 @@ def test_faint_model_translates_sources_of_little_structure(trained, tmp_path):
   size = config.data.image_size
   flat, striped = _disk_stack(0.0, size), _disk_stack(0.3, size)
   threshold = config.sampling.faint_below
-  assert translate.stack_structure_score(config, flat) < threshold
-  assert translate.stack_structure_score(config, striped) > threshold
-  assert translate.lmi_model(ctx, striped) is ctx
-  chosen = translate.lmi_model(ctx, flat)
+  assert methods.stack_structure_score(config, flat) < threshold
+  assert methods.stack_structure_score(config, striped) > threshold
+  assert methods.lmi_model(ctx, striped) is ctx
+  chosen = methods.lmi_model(ctx, flat)
   assert chosen.step == 7 and chosen.model_folder == ctx.faint.folder and chosen.faint is None
   assert chosen.config.lmi.reference_map == config.lmi.reference_map  # faint_reference_map "".
   config.sampling.faint_reference_map = "flat_equalize"
-  assert translate.lmi_model(ctx, flat).config.lmi.reference_map == "flat_equalize"
+  assert methods.lmi_model(ctx, flat).config.lmi.reference_map == "flat_equalize"
   assert config.lmi.reference_map != "flat_equalize"  # The copy changed, not the config.
   config.sampling.faint_reference_map = ""
   for a, b in zip(jax.tree.leaves(chosen.variables), jax.tree.leaves(halved)):
     np.testing.assert_array_equal(np.asarray(a), b)
   # The translation of the flat stack is the faint model's, bit for bit.
   key = jax.random.key(3)
-  np.testing.assert_array_equal(translate.translate_lmi(ctx, flat, key),
-                                translate.translate_lmi(chosen, flat, key))
-  assert not np.array_equal(translate.translate_lmi(ctx, flat, key),
-                            translate.translate_lmi(dataclasses.replace(ctx, faint=None), flat, key))
+  np.testing.assert_array_equal(methods.translate_lmi(ctx, flat, key),
+                                methods.translate_lmi(chosen, flat, key))
+  assert not np.array_equal(methods.translate_lmi(ctx, flat, key),
+                            methods.translate_lmi(dataclasses.replace(ctx, faint=None), flat, key))
   # The eval report says which model lmi used (a threshold above any score forces faint/).
   evaluated = config.copy_and_resolve_references()
   evaluated.sampling.faint_below = 1e9
@@ -382,7 +382,7 @@ def test_faint_model_translates_sources_of_little_structure(trained, tmp_path):
     assert f"faint-contrast model {ctx.faint.folder}" in f.read()
   # faint_below = 0 turns it off; a workdir's own checkpoint has no faint model.
   config.sampling.faint_below = 0.0
-  assert translate.lmi_model(ctx, flat) is ctx  # ctx holds this config.
+  assert methods.lmi_model(ctx, flat) is ctx  # ctx holds this config.
   assert translate.make_context(config, workdir, None).faint is None
   config.sampling.faint_below = -1.0
   with pytest.raises(InputError, match="sampling.faint_below"):
@@ -395,10 +395,10 @@ def test_faint_model_translates_sources_of_little_structure(trained, tmp_path):
 def test_histmatch_matches_target_histogram():
   rng = np.random.default_rng(0)
   reference = rng.beta(5, 2, size=5000).astype(np.float32)
-  ctx = translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=None,
+  ctx = methods.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=None,
                           target_reference=reference)
   source = rng.random((2, 16, 16, 1)).astype(np.float32)
-  out = translate.translate_histmatch(ctx, source, None)
+  out = methods.translate_histmatch(ctx, source, None)
   assert out.shape == source.shape
   np.testing.assert_allclose(np.quantile(out, [0.25, 0.5, 0.75]),
                              np.quantile(reference, [0.25, 0.5, 0.75]), atol=0.03)
@@ -406,7 +406,7 @@ def test_histmatch_matches_target_histogram():
 
 def test_unknown_method_is_named():
   with pytest.raises(InputError, match="eval.methods"):
-    translate.check_methods(["lmi", "pix2pix"])
+    methods.check_methods(["lmi", "pix2pix"])
 
 
 def test_ablation_baseline_row_is_the_eval_report(trained):
@@ -543,7 +543,7 @@ def test_sdedit_runs_its_share_of_the_steps(trained):
   ctx = translate.make_context(config, workdir, None)
   ctx = dataclasses.replace(ctx, progress=lambda done: reports.append(int(done)))
   source = jnp.asarray(load_dataset(config, workdir)["test"]["source"][:1])
-  jax.block_until_ready(translate.sdedit_batch(ctx, source, jax.random.key(0)))
+  jax.block_until_ready(methods.sdedit_batch(ctx, source, jax.random.key(0)))
   jax.effects_barrier()
   assert reports == list(range(1, 21))
 
@@ -554,12 +554,12 @@ def test_a_batch_split_over_two_devices_is_padded_and_cropped():
   code = """
 import numpy as np
 from configs import tiny
-from lmi_jax import inference, translate
+from lmi_jax import inference, methods
 import jax
 assert jax.local_device_count() == 2
 config = tiny.get_config()
 config.sampling.batch_size = 4
-ctx = translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
+ctx = methods.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
                         target_reference=np.zeros(1, np.float32))
 source = (np.arange(5, dtype=np.float32)[:, None, None, None] / 10) * np.ones((5, 8, 8, 1), np.float32)
 out = inference.run_batched(lambda c, s, k: s * 2 + 0.05, ctx, source, jax.random.key(0), "x")
@@ -584,12 +584,12 @@ def test_shipped_baselines_load_and_translate(name, phantom_split, tmp_path):
   config, data = phantom_split(phantom_pd2t1_cpu)
   path = model_store.baseline_path(config, str(tmp_path), name)
   assert path.endswith(os.path.join("checkpoints", "phantom_pd2t1", f"{name}.msgpack"))
-  ctx = translate.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
+  ctx = methods.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
                           target_reference=np.zeros(1, np.float32))
   ctx = model_store.load_baselines(ctx, config, str(tmp_path), (name, "identity"))
   assert set(ctx.baselines) == {name}
   source = data["test"]["source"][:3]
-  out = translate.METHODS[name](ctx, source, jax.random.key(0))
+  out = methods.METHODS[name](ctx, source, jax.random.key(0))
   assert out.shape == source.shape and out.dtype == np.float32
   assert 0 <= out.min() and out.max() <= 1
   _check_closer_than_source(out, data, config)
