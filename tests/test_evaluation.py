@@ -506,3 +506,11 @@ def test_method_noise_does_not_depend_on_the_order_of_eval_methods(monkeypatch):
     np.testing.assert_array_equal(forward[name], backward[name])
   assert not np.allclose(forward["lmi"], forward["sdedit"])
   np.testing.assert_array_equal(forward["lmi"], draw(None, source, methods.method_key(config, "lmi")))
+
+
+def test_every_method_has_its_own_noise_stream():
+  """STREAMS names exactly the methods of METHODS, each with a stream of its own: a method
+  added to one dict only would fail at its first key, two sharing a stream would draw the
+  same noise."""
+  assert set(methods.STREAMS) == set(methods.METHODS)
+  assert len(set(methods.STREAMS.values())) == len(methods.STREAMS)
