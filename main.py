@@ -116,7 +116,7 @@ def run(argv: list[str]) -> None:
       raise InputError("--workdir is empty; give the folder for the run's checkpoints and outputs "
                        "(e.g. --workdir=workdir/my_run).")
     split_commas(config)
-    settings.check_config(config)
+    settings.check_config(config, FLAGS.mode)
     files.prepare_dir(FLAGS.workdir)
     interruptible(lambda: MODES[FLAGS.mode](config, FLAGS.workdir))
   except InputError as error:

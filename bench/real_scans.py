@@ -6,8 +6,8 @@ against its true T1w, beside segmenting the source directly.
       --lowres_config=configs/brats_flair2t1.py
 
 Sets (../shared/data, see its README for citations and licences):
-- brats: the test patients of configs/brats_flair2t1.py's split, FLAIR -> T1w; "outside"
-  scores outside the whole-tumour mask.
+- brats: the test patients of configs/brats_flair2t1.py's split (--brats_split=val: its
+  validation patient), FLAIR -> T1w; "outside" scores outside the whole-tumour mask.
 - ljubljana: 3 MS patients, T2w and FLAIR -> T1w; "outside" scores outside the lesions.
 - icbm: the ICBM152 PDw average cut to the SPM priors' brain -> avg152T1; "labels" is Dice
   against the priors' arg-max.
@@ -54,6 +54,8 @@ config_flags.DEFINE_config_file("lowres_config", None, "Config of the 64 px mode
 flags.DEFINE_string("workdir", None, "Outputs go to WORKDIR/<row>/samples.")
 flags.DEFINE_string("data", "../shared/data", "The shared data folder.")
 flags.DEFINE_list("sets", ["brats", "ljubljana", "icbm"], "Sets to run.")
+flags.DEFINE_enum("brats_split", "test", ["val", "test"], "brats: the split's patients to run "
+                  "(choices are made on val).")
 flags.DEFINE_list("patients", [], "Ljubljana patients to run (folder names; empty: all).")
 flags.DEFINE_list("rows", ["lmi", "lmi_64px", "cyclegan", "supervised", "source_kmeans",
                            "identity"], "Rows to compute.")
@@ -75,15 +77,15 @@ class Case:
   labels: np.ndarray | None = None  # True tissue labels on the truth's canonical grid.
 
 
-def brats_cases(root: str, lowres: ml_collections.ConfigDict) -> list[Case]:
+def brats_cases(root: str, lowres: ml_collections.ConfigDict, split: str) -> list[Case]:
   data = lowres.data.copy_and_resolve_references()
   data.root = os.path.join(root, "brats2018_t1_flair")
   found = pairs.glob_pairs(data)
   subjects = [(i, name, None) for i, name, _, _ in found]
-  test = dataset.split_subjects(subjects, data)["test"]
+  chosen = dataset.split_subjects(subjects, data)[split]
   return [Case("brats", f"brats_{name}", "FLAIR", os.path.join(data.root, name, "FLAIR.nii.gz"),
                os.path.join(data.root, name, "T1.nii.gz"), os.path.join(data.root, name, "GT_W.nii.gz"))
-          for _, name, _ in test]
+          for _, name, _ in chosen]
 
 
 def ljubljana_cases(root: str, patients: list[str]) -> list[Case]:
@@ -175,7 +177,7 @@ def main(argv: list[str]) -> None:
   config, lowres = args.config, args.lowres_config
   host.split_host(int(config.host_devices))
   os.makedirs(args.workdir, exist_ok=True)
-  makers = {"brats": lambda: brats_cases(args.data, lowres),
+  makers = {"brats": lambda: brats_cases(args.data, lowres, args.brats_split),
             "ljubljana": lambda: ljubljana_cases(args.data, args.patients),
             "icbm": lambda: icbm_cases(args.data, args.workdir)}
   cases = [c for s in args.sets for c in makers[s]()]

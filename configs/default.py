@@ -143,6 +143,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.sdedit_t0 = 0.4  # SDEdit start time (the authors: step 400 of 1000; for vp signal 0.44, noise 0.90); it takes that share of the steps / NFE.
   sampling.guidance_scale = 1.0  # Strength of the LMI guidance in translation.
   sampling.seed = 0  # Sampling noise: key = fold_in(key(config.seed), sampling.seed); change it to redraw.
+  sampling.shared_noise = False  # Every slice of a call sampled with the same noise (neighbouring slices of a volume then agree); False: noise of its own per slice.
   sampling.batch_size = 8  # Slices translated per jitted call, split over the local devices.
   sampling.pretrained = ""  # Shipped model folder used when the workdir has no checkpoint ("": none).
   sampling.faint_below = 4.0  # lmi uses the shipped folder's faint/ model (trained with cond_aug) for sources of structure score below this (0: never).

@@ -65,13 +65,24 @@ class StepProgress:
                    self._batch + 1, self._batches, report.elapsed_s, report.eta_s)
 
 
+def one_noise_per_slice(fn: Callable[["Context", jax.Array, jax.Array], jax.Array]
+                        ) -> Callable[["Context", jax.Array, jax.Array], jax.Array]:
+  """`fn` over a (B, H, W, C) batch run as B samplers of one slice each with the same key:
+  every slice draws the same (1, H, W, C) noise wherever it draws any."""
+  def each(ctx: "Context", source: jax.Array, key: jax.Array) -> jax.Array:
+    return jax.vmap(lambda one: fn(ctx, one[None], key)[0])(source)
+  return each
+
+
 def run_batched(fn: Callable[["Context", jax.Array, jax.Array], jax.Array], ctx: "Context",
                 source: np.ndarray, key: jax.Array, name: str, t_start: float = 1.0) -> np.ndarray:
   """Runs a sampling method over (N, H, W, 1) sources in batches, pmapped over devices.
 
   Each batch (`sampling.batch_size` slices) is split across the local devices with a
   key each from fold_in(key, b); the last batch is padded by repeating its final slice
-  and cropped. Progress lines (`StepProgress`) name the method `name`; t_start is where
+  and cropped. With `sampling.shared_noise`, every slice is sampled alone with `key`
+  itself: all slices see the same noise, whatever the batches, so neighbouring slices of a
+  volume, whose sources differ little, get translations that differ little. Progress lines (`StepProgress`) name the method `name`; t_start is where
   its sampler starts (SDEdit's t0), which sets its step count.
   """
   devices = jax.local_device_count()
@@ -85,6 +96,9 @@ def run_batched(fn: Callable[["Context", jax.Array, jax.Array], jax.Array], ctx:
     per_device = -(-batch_size // devices)  # One shape for every call: one compilation.
   batch = per_device * devices
   num_batches = -(-len(source) // batch)  # Rounding per_device up may need fewer.
+  shared = bool(ctx.config.sampling.shared_noise)
+  if shared:
+    fn = one_noise_per_slice(fn)
   cached = None if ctx.runners is None else ctx.runners.get(name)
   if cached is None:
     progress = StepProgress(name, sampling.progress_total(ctx.config.sampling, t_start), num_batches)
@@ -104,7 +118,8 @@ def run_batched(fn: Callable[["Context", jax.Array, jax.Array], jax.Array], ctx:
     valid = len(chunk)
     if valid < batch:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - valid, axis=0)])
-    keys = jax.random.split(jax.random.fold_in(key, b), devices)
+    keys = (jnp.stack([key] * devices) if shared
+            else jax.random.split(jax.random.fold_in(key, b), devices))
     out = run(ctx.variables, jnp.asarray(chunk).reshape(devices, per_device, *chunk.shape[1:]),
               keys)
     outputs.append(np.asarray(out).reshape(batch, *np.shape(out)[2:])[:valid])

@@ -67,6 +67,7 @@ class Context:
   segmenter: segmentation.KMeansSegmenter | None = None  # The target K-means, whose centroids source_kmeans draws its classes at.
   volumes: np.ndarray | None = None  # (N,) volume id of each source slice: source_kmeans clusters volume by volume; None: one volume.
   lowres: "Context | None" = None  # The low-resolution model lmi starts from (sampling.lowres_model; lmi_jax/multiscale.py).
+  structure_score: float | None = None  # `stack_structure_score` of the sources being translated, when the caller has it (`lmi_model` uses it).
 
 
 def lmi_batch(ctx: Context, source: jax.Array, key: jax.Array,
@@ -109,8 +110,8 @@ def lmi_reference(ctx: Context, source: np.ndarray) -> np.ndarray:
 def lmi_model(ctx: Context, source: np.ndarray) -> Context:
   """`ctx` with the model lmi translates the (N, H, W, 1) source stack with: its faint-contrast
   model (`FaintModel`), and sampling.faint_reference_map unless it is "", when it has one and
-  the stack's structure score (`stack_structure_score`) is below sampling.faint_below, else
-  `ctx` itself.
+  the stack's structure score (`ctx.structure_score`, else `stack_structure_score`) is below
+  sampling.faint_below, else `ctx` itself.
 
   On the phantom's validation sweep the faint model (cond_aug 0.5) gains on the variants
   scoring below 4 and loses 0.02 at today's PD (5.3) against an equally fine-tuned model;
@@ -120,7 +121,9 @@ def lmi_model(ctx: Context, source: np.ndarray) -> Context:
   threshold = float(ctx.config.sampling.faint_below)
   if ctx.faint is None or threshold <= 0:
     return ctx
-  score = stack_structure_score(ctx.config, source)
+  score = ctx.structure_score
+  if score is None:
+    score = stack_structure_score(ctx.config, source)
   if not score < threshold:
     return ctx
   config = ctx.config.copy_and_resolve_references()

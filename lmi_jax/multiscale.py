@@ -57,6 +57,8 @@ def load_lowres(ctx: "Context") -> "Context":
   if not folder:
     return ctx
   config = shipped_config(folder, "sampling.lowres_model")
+  # Whether slices share noise is a choice about the whole translation, both stages.
+  config.sampling.shared_noise = bool(cfg.shared_noise)
   variables, step = checkpoints.load_shipped(config, folder, key="sampling.lowres_model")
   faint = checkpoints.load_faint(config, folder)
   lowres = dataclasses.replace(

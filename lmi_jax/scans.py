@@ -220,6 +220,7 @@ class LoadedScan:
   prepared: PreparedScan
   slices: np.ndarray  # (N, H, W, 1) float32 in [0, 1].
   geometry: nifti.SliceGeometry
+  structure_score: float  # methods.stack_structure_score of the slices.
   structure: dict  # translate.source_structure's record.
   warning: str  # contrast_warning's, or "".
 
@@ -231,11 +232,11 @@ def load_scan(scan: Scan, config: ml_collections.ConfigDict, out_dir: str) -> Lo
   prepared = prepare_scan(scan, config.data, out_dir)
   slices, geometry = nifti.volume_slices(prepared.volume, prepared.affine, prepared.reference,
                                          config.data, brain_only=True)
-  structure = translate.source_structure(config, slices, scan.path)
+  score, structure = translate.source_structure(config, slices, scan.path)
   warning = contrast_warning(prepared, scan.path)
   if warning:
     logging.warning(warning)
-  return LoadedScan(scan, prepared, slices, geometry, structure, warning)
+  return LoadedScan(scan, prepared, slices, geometry, score, structure, warning)
 
 
 def translate_scan(ctx: methods.Context, segmenter: segmentation.KMeansSegmenter,
@@ -245,7 +246,7 @@ def translate_scan(ctx: methods.Context, segmenter: segmentation.KMeansSegmenter
   config, scan, prepared, slices = ctx.config, loaded.scan, loaded.prepared, loaded.slices
   geometry, report, warning = loaded.geometry, loaded.structure, loaded.warning
   logging.info("%s: translating the %d axial slices that hold brain.", scan.path, len(slices))
-  chosen = methods.lmi_model(ctx, slices)
+  chosen = methods.lmi_model(dataclasses.replace(ctx, structure_score=loaded.structure_score), slices)
   translated = methods.translate_lmi(chosen, slices, methods.method_key(config, "lmi"))
   translated = methods.inside_source_brain(config, slices, translated)
   if not np.all(np.isfinite(translated)):

@@ -1,10 +1,13 @@
-"""Checks of a whole config before any work, in every mode: what no section's own check sees.
+"""Every section of a config checked once, before any work: the step between `main` and a mode.
 
-Each section's keys are checked where they are used (`dataset.check_data_config`,
-`sampling.check_sampling_config`, `lmi.from_config`, ...); `check_config` runs those that every
-mode needs and adds two rules over all keys: every number is finite, and every seed fits a
-PRNG seed. The training section's checks live here too (`check_training_config`,
-`check_crop_config`), run by `--mode=train` once the devices are known.
+`check_config(config, mode)` runs each section's own check (they live beside the code that
+reads the section: `dataset.check_data_config`, `sampling.check_sampling_config`,
+`lmi.from_config`, `sde_from_config`, `create_model`, each baseline's `check_config`) for the
+sections the mode uses, so that a bad key ends the run at once with a message that names it,
+not minutes later; and adds what no section sees alone: every number is finite, every seed
+fits a PRNG seed, crops suit the data and the network. The training section's own checks
+live here too (`check_training_config`, `check_crop_config`, and `check_global_batch`, which
+train runs once the devices of every host are known).
 """
 
 import math
@@ -14,8 +17,11 @@ from typing import Any
 import jax
 import ml_collections
 
-from lmi_jax import sampling
+from lmi_jax import lmi, methods, sampling
+from lmi_jax.baselines import BASELINES
 from lmi_jax.data import dataset
+from lmi_jax.models import create_model
+from lmi_jax.sde import sde_from_config
 from lmi_jax.errors import InputError, key_checker
 
 # jax.random.PRNGKey and numpy's generators take seeds in [0, 2**32); fold_in takes 32 bits.
@@ -38,9 +44,12 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
           for name, value in leaves(config)}
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raise InputError naming the first key with an unusable value: a NaN or infinite number
-  anywhere, a seed outside [0, 2**32), or a bad data.* / sampling.* value."""
+def check_config(config: ml_collections.ConfigDict, mode: str = "sample") -> None:
+  """Raise InputError naming the first key with an unusable value for `mode` (train, sample,
+  eval): a NaN or infinite number anywhere, a seed outside [0, 2**32), a bad data.*,
+  sampling.*, sde.*, lmi.* or model.* value; for train the training section (and the baseline
+  section `training.method` names), for eval `eval.methods` and the baseline sections they
+  name."""
   for name, value in leaves(config):
     numbers = value if isinstance(value, (tuple, list)) else (value,)
     if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
@@ -51,15 +60,37 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise InputError(f"{name}={value!r}: a seed is an integer in [0, 2**32).")
   dataset.check_data_config(config.data)
   sampling.check_sampling_config(config.sampling)
+  sde_from_config(config.sde)
+  lmi.from_config(config.lmi)
+  create_model(config.model)
+  if mode == "train":
+    check_training_config(config.training)
+    check_crop_config(config)
+    used = (config.training.method,)
+    if used[0] not in ("score", *BASELINES):
+      raise InputError(f"training.method={used[0]!r}: choose score or one of {sorted(BASELINES)}.")
+  elif mode == "eval":
+    used = methods.check_methods(config.eval.methods)
+  else:
+    used = ()
+  for name in used:
+    if name in BASELINES:
+      BASELINES[name].check_config(config)
 
 
-def check_training_config(training: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raise InputError naming the first `training.*` key with an unusable value."""
+def check_global_batch(training: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raise InputError unless training.batch_size divides over `num_devices` devices (known
+  only once jax.distributed has started, so train checks it then)."""
   require = key_checker("training", training)
-  require(training.batch_size > 0, "batch_size", "use a positive global batch")
   require(training.batch_size % num_devices == 0, "batch_size",
           f"the global batch must divide evenly over the {num_devices} devices "
           f"({jax.process_count()} host(s)); use a multiple of {num_devices}")
+
+
+def check_training_config(training: ml_collections.ConfigDict) -> None:
+  """Raise InputError naming the first `training.*` key with an unusable value."""
+  require = key_checker("training", training)
+  require(training.batch_size > 0, "batch_size", "use a positive global batch")
   require(training.num_steps >= 0, "num_steps", "use a count >= 0")
   require(training.lr > 0, "lr", "use a positive learning rate")
   require(training.warmup_steps >= 0, "warmup_steps", "use a count >= 0")

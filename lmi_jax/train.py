@@ -317,8 +317,7 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
   """
   training = config.training
   initialize_distributed(training)
-  settings.check_training_config(training, jax.device_count())
-  settings.check_crop_config(config)
+  settings.check_global_batch(training, jax.device_count())
   lead_host = jax.process_index() == 0
   files.prepare_dir(workdir)
   if lead_host:

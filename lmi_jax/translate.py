@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from lmi_jax import (checkpoints, evaluation, figures, files, lmi, methods, model_store,
-                     multiscale, sampling, segmentation, structure)
+                     multiscale, segmentation, structure)
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 from lmi_jax.models import create_model
@@ -24,14 +24,15 @@ def make_context(config: ml_collections.ConfigDict, workdir: str,
                  train_target: np.ndarray | None, with_model: bool = True) -> methods.Context:
   """The shared settings and, unless `with_model` is False, the restored model (`load_model`).
   `train_target` (N, H, W, 1) gives histmatch its reference; None leaves histmatch without."""
-  sampling.check_sampling_config(config.sampling)
   rng = np.random.default_rng(int(config.seed))
   pooled = np.zeros((0,), np.float32) if train_target is None else train_target.reshape(-1)
   # A sample of the pooled histogram is as good a reference as all of it, and cheaper.
   reference = rng.choice(pooled, size=min(pooled.size, 200_000), replace=False)
-  ctx = methods.Context(model=None, variables={}, sde=sde_from_config(config.sde),
-                lmi_cfg=lmi.from_config(config.lmi), config=config, target_reference=reference)
-  return load_model(ctx, config, workdir) if with_model else ctx
+  ctx = methods.Context(model=None, variables={}, sde=None, lmi_cfg=None, config=config,
+                        target_reference=reference)
+  if with_model:
+    return load_model(ctx, config, workdir)
+  return dataclasses.replace(ctx, sde=sde_from_config(config.sde), lmi_cfg=lmi.from_config(config.lmi))
 
 
 def load_model(ctx: methods.Context, config: ml_collections.ConfigDict, workdir: str) -> methods.Context:
@@ -59,16 +60,17 @@ def select_split(data: dict, name: str, max_slices: int) -> dict[str, np.ndarray
   return split
 
 
-def source_structure(config: ml_collections.ConfigDict, source: np.ndarray, name: str) -> dict:
+def source_structure(config: ml_collections.ConfigDict, source: np.ndarray,
+                     name: str) -> tuple[float, dict]:
   """`methods.stack_structure_score` of (N, H, W, 1) source slices, with the warning of
-  `structure.check_structure` logged when it is too little for a translation; the dict is
-  recorded beside the outputs."""
+  `structure.check_structure` logged when it is too little for a translation: the score
+  (for `Context.structure_score`) and the record written beside the outputs."""
   score = methods.stack_structure_score(config, source)
   warning = structure.check_structure(score, name=name)
   if warning:
     logging.warning(warning)
-  return {"structure_score": None if not np.isfinite(score) else round(float(score), 3),
-          "structure_threshold": structure.THRESHOLD, "structure_warning": warning}
+  return score, {"structure_score": None if not np.isfinite(score) else round(float(score), 3),
+                 "structure_threshold": structure.THRESHOLD, "structure_warning": warning}
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -146,10 +148,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   names = methods.check_methods(config.eval.methods)
   split, segmenters, ctx = prepare_split(config, workdir, names)
+  score, record = source_structure(config, split["source"],
+                                   f"{config.eval.split} split ({config.data.source})")
+  ctx = dataclasses.replace(ctx, structure_score=score)
   outputs, _ = methods.run_methods(ctx, names, split["source"])
   report = score_split(config, outputs, split, segmenters)
-  report["structure"] = source_structure(config, split["source"],
-                                         f"{config.eval.split} split ({config.data.source})")
+  report["structure"] = record
   chosen = methods.lmi_model(ctx, split["source"]) if "lmi" in names else ctx
   if chosen is not ctx:
     report["structure"]["faint_model"] = chosen.model_folder

@@ -203,14 +203,15 @@ def test_host_batches_split_the_global_batch():
 
 def test_batch_must_divide_over_the_devices():
   with pytest.raises(InputError, match="training.batch_size"):
-    settings.check_training_config(tiny_config().training, num_devices=3)
+    settings.check_global_batch(tiny_config().training, num_devices=3)
+  settings.check_global_batch(tiny_config().training, num_devices=1)
 
 
 @pytest.mark.parametrize("key,value", [("cond_aug", 1.5), ("cond_aug_knots", 1),
                                        ("cond_aug_noise", 0.0)])
 def test_bad_conditioning_augmentation_is_named(key, value):
   with pytest.raises(InputError, match=f"training.{key}"):
-    settings.check_training_config(tiny_config(**{f"training__{key}": value}).training, 1)
+    settings.check_training_config(tiny_config(**{f"training__{key}": value}).training)
 
 
 def test_null_features_replace_only_the_dropped_examples():

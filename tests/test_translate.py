@@ -17,7 +17,7 @@ from made_scans import train_briefly
 
 from configs import phantom_pd2t1_cpu, phantom_pd2t1_gpu, tiny
 from lmi_jax import (ablation, checkpoints, lmi, methods, model_store, models, pretrained, sde as sdes,
-                     segmentation, translate)
+                     segmentation, settings, translate)
 from lmi_jax.data import load_dataset
 from lmi_jax.errors import InputError
 
@@ -386,10 +386,10 @@ def test_faint_model_translates_sources_of_little_structure(trained, tmp_path):
   assert translate.make_context(config, workdir, None).faint is None
   config.sampling.faint_below = -1.0
   with pytest.raises(InputError, match="sampling.faint_below"):
-    translate.make_context(config, workdir, None)
+    settings.check_config(config)
   config.sampling.faint_below, config.sampling.faint_reference_map = 4.0, "flat"
   with pytest.raises(InputError, match="sampling.faint_reference_map='flat'"):
-    translate.make_context(config, workdir, None)
+    settings.check_config(config)
 
 
 def test_histmatch_matches_target_histogram():
@@ -596,3 +596,24 @@ def test_shipped_baselines_load_and_translate(name, phantom_split, tmp_path):
   config.sampling.pretrained = ""
   with pytest.raises(InputError, match=f"--config.training.method={name}"):
     model_store.baseline_path(config, str(tmp_path), name)
+
+
+def test_shared_noise_gives_equal_sources_equal_translations(trained):
+  """sampling.shared_noise: a slice's lmi translation is the same wherever it sits (slices 0
+  and 3 are equal sources in different batches, and slice 0 alone at batch size 1 gives it
+  too); with noise of its own per slice, the equal sources get different translations."""
+  config, workdir = trained
+  source = np.asarray(load_dataset(config, workdir)["test"]["source"][:3])
+  source = np.concatenate([source, source[:1], source[1:2]])
+  run = lambda cfg, images: methods.translate_lmi(translate.make_context(cfg, workdir, None),
+                                                  images, jax.random.key(7))
+  shared = config.copy_and_resolve_references()
+  shared.sampling.shared_noise, shared.sampling.batch_size = True, 2
+  out = run(shared, source)
+  np.testing.assert_allclose(out[3], out[0], atol=1e-5)
+  np.testing.assert_allclose(out[4], out[1], atol=1e-5)
+  alone = shared.copy_and_resolve_references()
+  alone.sampling.batch_size = 1
+  np.testing.assert_allclose(run(alone, source[:1])[0], out[0], atol=1e-5)
+  own = run(config, source)
+  assert np.abs(own[3] - own[0]).mean() > 0.01

@@ -21,7 +21,7 @@ _FEEDING_KEYS = ("name", "scale_by_sigma")
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """The network described by the `model` section of a config."""
+  """The network described by the `model` section of a config; InputError names a bad key."""
   if config.name not in MODELS:
     raise InputError(f"model.name = {config.name!r}: expected one of {sorted(MODELS)}.")
   cls = MODELS[config.name]
@@ -31,7 +31,9 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   if unknown:
     raise InputError(f"model.{unknown[0]} is not an option of {config.name}; "
                      f"its options are {sorted(fields)}.")
-  return cls(**kwargs)
+  model = cls(**kwargs)
+  model.check_options()
+  return model
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_size: int,

@@ -40,8 +40,8 @@ class NCSNpp(nn.Module):
   fir: bool = True
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   skip_rescale: bool = True
-  progressive: str = "none"
-  progressive_input: str = "residual"
+  progressive: str = "output_skip"
+  progressive_input: str = "input_skip"
   progressive_combine: str = "sum"
   embedding_type: str = "fourier"
   fourier_scale: float = 16.0
@@ -49,10 +49,13 @@ class NCSNpp(nn.Module):
   conditional: bool = True
   host_kernel_grad: bool = True  # CPU only: kernel gradients by OpenBLAS (layers.conv_general_dilated).
 
-  def _check(self, x: jax.Array) -> None:
+  def check_options(self) -> None:
+    """Raise InputError naming the first option (a `model.*` key) with an unknown value."""
     for key, allowed in _CHOICES.items():
       if getattr(self, key) not in allowed:
         raise InputError(f"model.{key} = {getattr(self, key)!r}: expected one of {allowed}.")
+
+  def _check_size(self, x: jax.Array) -> None:
     factor = 2 ** (len(self.ch_mult) - 1)
     if x.shape[1] % factor or x.shape[2] % factor:
       raise InputError(
@@ -76,7 +79,7 @@ class NCSNpp(nn.Module):
     noise_labels is what the embedding reads (log std for 'fourier', 999 t for
     'positional'); `train` switches dropout on and then needs rngs={'dropout': key}.
     """
-    self._check(x)
+    self._check_size(x)
     temb = self._embed(noise_labels)
     num_levels = len(self.ch_mult)
     res = functools.partial(layers.ResBlock, dropout=self.dropout, fir=self.fir,
