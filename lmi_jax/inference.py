@@ -81,8 +81,9 @@ def run_batched(fn: Callable[["Context", jax.Array, jax.Array], jax.Array], ctx:
   Each batch (`sampling.batch_size` slices) is split across the local devices with a
   key each from fold_in(key, b); the last batch is padded by repeating its final slice
   and cropped. With `sampling.shared_noise`, every slice is sampled alone with `key`
-  itself: all slices see the same noise, whatever the batches, so neighbouring slices of a
-  volume, whose sources differ little, get translations that differ little. Progress lines (`StepProgress`) name the method `name`; t_start is where
+  itself (`one_noise_per_slice`): all slices see the same noise, whatever the batches, so
+  neighbouring slices of a volume, whose sources differ little, get translations that
+  differ little. Progress lines (`StepProgress`) name the method `name`; t_start is where
   its sampler starts (SDEdit's t0), which sets its step count.
   """
   devices = jax.local_device_count()

@@ -66,9 +66,7 @@ def check_config(config: ml_collections.ConfigDict, mode: str = "sample") -> Non
   if mode == "train":
     check_training_config(config.training)
     check_crop_config(config)
-    used = (config.training.method,)
-    if used[0] not in ("score", *BASELINES):
-      raise InputError(f"training.method={used[0]!r}: choose score or one of {sorted(BASELINES)}.")
+    used = (check_training_method(config.training),)
   elif mode == "eval":
     used = methods.check_methods(config.eval.methods)
   else:
@@ -76,6 +74,14 @@ def check_config(config: ml_collections.ConfigDict, mode: str = "sample") -> Non
   for name in used:
     if name in BASELINES:
       BASELINES[name].check_config(config)
+
+
+def check_training_method(training: ml_collections.ConfigDict) -> str:
+  """training.method, which must be "score" or a key of `BASELINES` (InputError otherwise)."""
+  method = str(training.method)
+  if method != "score" and method not in BASELINES:
+    raise InputError(f"training.method={method!r}: choose score or one of {sorted(BASELINES)}.")
+  return method
 
 
 def check_global_batch(training: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -351,10 +351,8 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
 def train(config: ml_collections.ConfigDict, workdir: str) -> None:
   """`--mode=train`: the model `training.method` names, the score model or a baseline of
   `lmi_jax.baselines` (each resumes from its own checkpoints in workdir)."""
-  method = config.training.method
+  method = settings.check_training_method(config.training)
   if method == "score":
     train_score_model(config, workdir)
     return
-  if method not in BASELINES:
-    raise InputError(f"training.method={method!r}: choose score or one of {sorted(BASELINES)}.")
   BASELINES[method].train(config, workdir)
