@@ -34,7 +34,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmi_jax import lmi, sampling
-from lmi_jax.models import count_params, create_model, init_variables, lmi_score, score_fn
+from lmi_jax.models import (count_params, create_model, feeding_of, init_variables, lmi_score,
+                            score_fn)
 from lmi_jax.sde import sde_from_config
 
 
@@ -72,7 +73,7 @@ def measure_size(config, size: int, batch: int) -> dict:
   sde = sde_from_config(config.sde)
   model = create_model(config.model)
   variables = init_variables(model, jax.random.PRNGKey(0), size, 1 + len(lmi_cfg.features))
-  scale = bool(config.model.scale_by_sigma)
+  feeding = feeding_of(config.model)
   rng = np.random.default_rng(0)
   source = jnp.asarray(rng.random((batch, size, size, 1)), jnp.float32)
   x = source + 0.3 * jnp.asarray(rng.normal(size=source.shape), jnp.float32)
@@ -81,11 +82,11 @@ def measure_size(config, size: int, batch: int) -> dict:
   feats = lmi.features(source, x, lmi_cfg, fixed=fixed)
   lmi_s = median_seconds(jax.jit(lambda s, y: lmi.features(s, y, lmi_cfg, fixed=fixed)),
                          source, x, repeats=FLAGS.repeats)
-  net = jax.jit(lambda v, y, f, tt: score_fn(model, v, sde, y, f, tt, scale_by_sigma=scale))
+  net = jax.jit(lambda v, y, f, tt: score_fn(model, v, sde, y, f, tt, feeding=feeding))
   net_s = median_seconds(net, variables, x, feats, t, repeats=FLAGS.repeats)
 
   def score_of(v, s):
-    return lmi_score(model, v, sde, lmi_cfg, s, scale_by_sigma=scale)
+    return lmi_score(model, v, sde, lmi_cfg, s, feeding=feeding)
 
   def run(v, s, key):
     return sampling.em_sampler(score_of(v, s), sde, s.shape, key, FLAGS.scan_steps, denoise=False)[0]

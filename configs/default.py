@@ -89,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.init_scale = 0.0  # Init scale of layers closing a residual branch and of the output (0: zero).
   model.conditional = True  # Condition the network on the noise level.
   model.host_kernel_grad = True  # CPU only: convolution kernel gradients by OpenBLAS in a host callback (training ~1.4x faster; off: XLA's own, e.g. to take second derivatives).
-  model.scale_by_sigma = True  # Feeding: score = network output / std(t), so the output has unit scale.
+  model.scale_by_sigma = True  # Feeding when preconditioning is none: score = network output / std(t), so the output has unit scale.
+  model.preconditioning = "none"  # none: the network sees 2 x_t - 1 | edm: Karras et al. (2022)'s c_in / c_skip / c_out, it predicts the clean image (lmi_jax/models/score.py).
 
   # --- SDE (lmi_jax/sde.py) --------------------------------------------------
   config.sde = sde = ml_collections.ConfigDict()
@@ -109,6 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
   training.grad_clip = 1.0  # Gradients are clipped to this global norm (the authors: 1.0; 0: off).
   training.ema_decay = 0.9999  # Decay of the parameters' EMA that sampling uses (authors: 0.9999), warmed up as min(decay, (1+step)/(10+step)).
   training.eps = 1e-5  # Smallest diffusion time of the loss: t ~ U(eps, 1).
+  training.weighting = "dsm"  # Noise levels and weights of the loss: dsm (t ~ U(eps, 1), weight std^2: Eq. 2) | edm (log-normal levels, EDM's weights; lmi_jax/losses.py).
+  training.edm_p_mean = -1.2  # edm: mean of ln sigma, sigma the noise std of images in [-1, 1] (EDM: -1.2).
+  training.edm_p_std = 1.2  # edm: std of ln sigma (EDM: 1.2).
   training.p_uncond = 0.1  # Conditioning dropout: chance that an example's LMI features become the null (-1).
   training.cond_aug = 0.0  # Chance that an example's LMI reference is a random remap of its target plus noise, not the target (0: the paper; lmi_jax/losses.py).
   training.cond_aug_knots = 5  # Knots of that random piecewise-linear intensity curve, evenly spaced over [0, 1].

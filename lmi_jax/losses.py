@@ -7,6 +7,12 @@ For a clean target slice F (the only modality training sees):
 With the score of the kernel -z / std(t), this is Eq. 2's 1/2 |s - grad log p|^2 weighted by
 lambda(t) = std(t)^2, which puts every noise level on the same scale (Song et al. 2021).
 
+`Weighting` "edm" instead draws the noise levels and weighs them as Karras et al. (2022):
+ln sigma_y ~ N(p_mean, p_std^2) for the noise level sigma_y = 2 std(t) / alpha(t) of images
+in [-1, 1] (t clipped to [eps, 1]), and the loss above times (sigma_y^2 + sd^2) / sd^2, which
+is their lambda(sigma) |D - y_0|^2; with the "edm" feeding (lmi_jax.models.score) the
+network's own regression target then has unit weight at every level.
+
 Conditioning augmentation (`CondAug`, off unless given): with probability `prob` an example's
 reference is not F but a contrast F never had, g(F) + noise, with g a random piecewise-linear
 intensity curve (tissue order shuffled, inverted or squeezed) and the noise std drawn
@@ -31,6 +37,7 @@ import jax.numpy as jnp
 
 from lmi_jax import lmi
 from lmi_jax.models import null_features, score_fn
+from lmi_jax.models.score import SIGMA_DATA
 from lmi_jax.sde import SDE, bcast
 
 def drop_features(features: jax.Array, drop: jax.Array) -> jax.Array:
@@ -85,14 +92,32 @@ def augment_reference(key: jax.Array, x0: jax.Array, aug: CondAug) -> jax.Array:
   return jnp.where(jax.random.bernoulli(apply_key, aug.prob), remapped, x0)
 
 
+WEIGHTINGS = ("dsm", "edm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Weighting:
+  """Static settings of the noise levels the loss draws and their weights
+  (`training.weighting`, `training.edm_p_mean`, `training.edm_p_std`; see the module doc).
+
+  kind: dsm (t ~ U(eps, 1), Eq. 2) | edm (log-normal levels, EDM's weights).
+  eps: smallest diffusion time. p_mean, p_std: edm's ln sigma_y distribution.
+  """
+  kind: str = "dsm"
+  eps: float = 1e-5
+  p_mean: float = -1.2
+  p_std: float = 1.2
+
+
 class Draws(NamedTuple):
-  """One example's randomness: t (), z (H, W, 1), drop () bool, dropout_key and
-  reference_key (keys)."""
+  """One example's randomness: t () uniform in [eps, 1), z (H, W, 1), drop () bool,
+  dropout_key and reference_key (keys), level () standard normal (edm's noise level)."""
   t: jax.Array
   z: jax.Array
   drop: jax.Array
   dropout_key: jax.Array
   reference_key: jax.Array
+  level: jax.Array
 
 
 def draw(key: jax.Array, image_shape: tuple[int, ...], eps: float, p_uncond: float) -> Draws:
@@ -102,12 +127,23 @@ def draw(key: jax.Array, image_shape: tuple[int, ...], eps: float, p_uncond: flo
                z=jax.random.normal(z_key, image_shape, jnp.float32),
                drop=jax.random.bernoulli(drop_key, p_uncond),
                dropout_key=dropout_key,
-               reference_key=jax.random.fold_in(key, 1))
+               reference_key=jax.random.fold_in(key, 1),
+               level=jax.random.normal(jax.random.fold_in(key, 2), (), jnp.float32))
+
+
+def loss_times(sde: SDE, d: Draws, weighting: Weighting) -> tuple[jax.Array, jax.Array]:
+  """Each example's diffusion time and loss weight, (B,) each, from its draws (batched)."""
+  if weighting.kind == "dsm":
+    return d.t, jnp.ones_like(d.t)
+  sigma_y = jnp.exp(weighting.p_mean + weighting.p_std * d.level)
+  t = jnp.clip(sde.time_of_scaled_std(0.5 * sigma_y), weighting.eps, 1.0)
+  sigma_y = 2.0 * sde.scaled_std(t)
+  return t, (sigma_y**2 + SIGMA_DATA**2) / SIGMA_DATA**2
 
 
 def dsm_loss(model: nn.Module, params: dict, sde: SDE, lmi_cfg: lmi.LMIConfig,
-             x0: jax.Array, keys: jax.Array, *, eps: float, p_uncond: float,
-             scale_by_sigma: bool, cond_aug: CondAug | None = None) -> jax.Array:
+             x0: jax.Array, keys: jax.Array, *, p_uncond: float, feeding: str,
+             weighting: Weighting, cond_aug: CondAug | None = None) -> jax.Array:
   """Eq. 2 on a batch: a scalar, the mean over examples of the per-example loss.
 
   Args:
@@ -116,13 +152,14 @@ def dsm_loss(model: nn.Module, params: dict, sde: SDE, lmi_cfg: lmi.LMIConfig,
     lmi_cfg: static LMI settings of the conditioning features.
     x0: (B, H, W, 1) clean target slices in [0, 1].
     keys: (B,) one key per example.
-    eps: smallest diffusion time drawn.
     p_uncond: probability that an example's features are replaced by the null.
-    scale_by_sigma: the network output is divided by std(t) (see `score_fn`).
+    feeding: how the network's output becomes a score (`lmi_jax.models.score`).
+    weighting: the noise levels drawn and their weights.
     cond_aug: the conditioning augmentation (None or prob 0: the reference is x0).
   """
-  d = jax.vmap(lambda k: draw(k, x0.shape[1:], eps, p_uncond))(keys)
-  mean, std = sde.marginal(x0, d.t)
+  d = jax.vmap(lambda k: draw(k, x0.shape[1:], weighting.eps, p_uncond))(keys)
+  t, weight = loss_times(sde, d, weighting)
+  mean, std = sde.marginal(x0, t)
   std = bcast(std, x0)
   x_t = mean + std * d.z
   reference = x0
@@ -132,9 +169,9 @@ def dsm_loss(model: nn.Module, params: dict, sde: SDE, lmi_cfg: lmi.LMIConfig,
 
   def one_score(x, c, t, key):
     return score_fn(model, {"params": params}, sde, x[None], c[None], t[None],
-                    scale_by_sigma=scale_by_sigma, train=True, key=key)[0]
+                    feeding=feeding, train=True, key=key)[0]
   # vmap gives each example its own dropout masks and still runs the network on the whole
   # batch: the mapped axis becomes the convolutions' batch axis.
-  score = jax.vmap(one_score)(x_t, features, d.t, d.dropout_key)
-  per_example = 0.5 * jnp.sum(jnp.square(std * score + d.z), axis=(1, 2, 3))
+  score = jax.vmap(one_score)(x_t, features, t, d.dropout_key)
+  per_example = 0.5 * weight * jnp.sum(jnp.square(std * score + d.z), axis=(1, 2, 3))
   return jnp.mean(per_example)

@@ -42,7 +42,7 @@ from lmi_jax import (inference, lmi, masks, model_store, multiscale, reference_m
                      segmentation, structure)
 from lmi_jax.baselines import BASELINES
 from lmi_jax.errors import InputError
-from lmi_jax.models import lmi_score, unconditional_score
+from lmi_jax.models import feeding_of, lmi_score, unconditional_score
 from lmi_jax.sde import SDE
 
 
@@ -77,7 +77,7 @@ def lmi_batch(ctx: Context, source: jax.Array, key: jax.Array,
   (method em only) the states after the given steps, (len(trajectory_steps), B, H, W, 1)."""
   cfg = ctx.config.sampling
   score = lmi_score(ctx.model, ctx.variables, ctx.sde, ctx.lmi_cfg, source,
-                    scale_by_sigma=ctx.config.model.scale_by_sigma,
+                    feeding=feeding_of(ctx.config.model),
                     guidance_scale=float(cfg.guidance_scale))
   if not trajectory_steps:
     x = sampling.sample(score, ctx.sde, source.shape, key, cfg, progress=ctx.progress)
@@ -95,7 +95,7 @@ def sdedit_batch(ctx: Context, source: jax.Array, key: jax.Array) -> jax.Array:
   sampler down to 0."""
   cfg = ctx.config.sampling
   score = unconditional_score(ctx.model, ctx.variables, ctx.sde, len(ctx.lmi_cfg.features),
-                              scale_by_sigma=ctx.config.model.scale_by_sigma)
+                              feeding=feeding_of(ctx.config.model))
   return sampling.sample(score, ctx.sde, source.shape, key, cfg, x_init=source,
                          t_start=float(cfg.sdedit_t0), progress=ctx.progress)
 

@@ -30,7 +30,7 @@ from skimage import transform
 
 from lmi_jax import checkpoints, inference, lmi, masks, model_store, sampling
 from lmi_jax.errors import InputError
-from lmi_jax.models import create_model, lmi_score
+from lmi_jax.models import create_model, feeding_of, lmi_score
 from lmi_jax.sde import sde_from_config
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def refine_batch(ctx: "Context", packed: jax.Array, key: jax.Array) -> jax.Array
   cfg = ctx.config.sampling
   reference, start = packed[..., :1], packed[..., 1:]
   score = lmi_score(ctx.model, ctx.variables, ctx.sde, ctx.lmi_cfg, reference,
-                    scale_by_sigma=ctx.config.model.scale_by_sigma,
+                    feeding=feeding_of(ctx.config.model),
                     guidance_scale=float(cfg.guidance_scale))
   return sampling.sample(score, ctx.sde, reference.shape, key, cfg, x_init=start,
                          t_start=float(cfg.lowres_t0), progress=ctx.progress)

@@ -17,10 +17,10 @@ from typing import Any
 import jax
 import ml_collections
 
-from lmi_jax import lmi, methods, sampling
+from lmi_jax import lmi, losses, methods, sampling
 from lmi_jax.baselines import BASELINES
 from lmi_jax.data import dataset
-from lmi_jax.models import create_model
+from lmi_jax.models import create_model, feeding_of
 from lmi_jax.sde import sde_from_config
 from lmi_jax.errors import InputError, key_checker
 
@@ -63,6 +63,7 @@ def check_config(config: ml_collections.ConfigDict, mode: str = "sample") -> Non
   sde_from_config(config.sde)
   lmi.from_config(config.lmi)
   create_model(config.model)
+  feeding_of(config.model)
   if mode == "train":
     check_training_config(config.training)
     check_crop_config(config)
@@ -103,6 +104,8 @@ def check_training_config(training: ml_collections.ConfigDict) -> None:
   require(training.grad_clip >= 0, "grad_clip", "use a norm >= 0 (0: no clipping)")
   require(0.0 <= training.ema_decay < 1.0, "ema_decay", "use a decay in [0, 1)")
   require(0.0 < training.eps < 1.0, "eps", "use a time in (0, 1)")
+  require(training.weighting in losses.WEIGHTINGS, "weighting", f"use one of {losses.WEIGHTINGS}")
+  require(training.edm_p_std > 0, "edm_p_std", "use a positive std")
   require(0.0 <= training.p_uncond <= 1.0, "p_uncond", "use a probability in [0, 1]")
   require(0.0 <= training.cond_aug <= 1.0, "cond_aug", "use a probability in [0, 1]")
   require(training.cond_aug_knots >= 2, "cond_aug_knots", "use a count >= 2")

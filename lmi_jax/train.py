@@ -40,7 +40,7 @@ from lmi_jax import checkpoints, files, lmi, loop, losses, sampling, settings, w
 from lmi_jax.baselines import BASELINES
 from lmi_jax.data import load_dataset, train_batches
 from lmi_jax.errors import InputError
-from lmi_jax.models import (count_params, create_model, init_variables, lmi_score,
+from lmi_jax.models import (count_params, create_model, feeding_of, init_variables, lmi_score,
                             unconditional_score)
 from lmi_jax.sde import SDE, sde_from_config
 
@@ -54,8 +54,8 @@ class StepConfig:
   model: nn.Module
   sde: SDE
   lmi_cfg: lmi.LMIConfig
-  scale_by_sigma: bool
-  eps: float
+  feeding: str
+  weighting: losses.Weighting
   p_uncond: float
   lr: float
   warmup_steps: int
@@ -74,8 +74,11 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
   training = config.training
   return StepConfig(
       model=create_model(config.model), sde=sde_from_config(config.sde),
-      lmi_cfg=lmi.from_config(config.lmi), scale_by_sigma=bool(config.model.scale_by_sigma),
-      eps=float(training.eps), p_uncond=float(training.p_uncond), lr=float(training.lr),
+      lmi_cfg=lmi.from_config(config.lmi), feeding=feeding_of(config.model),
+      weighting=losses.Weighting(kind=str(training.weighting), eps=float(training.eps),
+                                 p_mean=float(training.edm_p_mean),
+                                 p_std=float(training.edm_p_std)),
+      p_uncond=float(training.p_uncond), lr=float(training.lr),
       warmup_steps=int(training.warmup_steps), grad_clip=float(training.grad_clip),
       ema_decay=float(training.ema_decay),
       cond_aug=losses.CondAug(prob=float(training.cond_aug), knots=int(training.cond_aug_knots),
@@ -167,8 +170,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
 
   def loss_fn(params):
     return losses.dsm_loss(cfg.model, params, cfg.sde, cfg.lmi_cfg, batch["image"], keys,
-                           eps=cfg.eps, p_uncond=cfg.p_uncond,
-                           scale_by_sigma=cfg.scale_by_sigma, cond_aug=cfg.cond_aug)
+                           p_uncond=cfg.p_uncond, feeding=cfg.feeding,
+                           weighting=cfg.weighting, cond_aug=cfg.cond_aug)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   # Equal shares per device, so the mean of device means is the global batch mean.
   grads = jax.lax.pmean(grads, AXIS)
@@ -204,9 +207,9 @@ def sample_grid(params: Any, references: jax.Array, key: jax.Array, cfg: StepCon
   """
   variables = {"params": params}
   conditional = lmi_score(cfg.model, variables, cfg.sde, cfg.lmi_cfg, references,
-                          scale_by_sigma=cfg.scale_by_sigma)
+                          feeding=cfg.feeding)
   unconditional = unconditional_score(cfg.model, variables, cfg.sde,
-                                      len(cfg.lmi_cfg.features), scale_by_sigma=cfg.scale_by_sigma)
+                                      len(cfg.lmi_cfg.features), feeding=cfg.feeding)
   rows = [references]
   for fn, k in zip((conditional, unconditional), jax.random.split(key)):
     rows.append(sampling.em_sampler(fn, cfg.sde, references.shape, k, num_steps, eps=eps)[0])

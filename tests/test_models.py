@@ -279,11 +279,56 @@ def test_score_fn_feeds_the_network(small_model, sde):
   def outputs(variables, x, features, t):
     raw = model.apply(variables, jnp.concatenate([2 * x - 1, features], -1),
                       jnp.log(sde.mean_std(t)[1]), train=False)
-    unscaled = score_fn(model, variables, sde, x, features, t, scale_by_sigma=False)
-    scaled = score_fn(model, variables, sde, x, features, t, scale_by_sigma=True)
+    unscaled = score_fn(model, variables, sde, x, features, t, feeding="raw")
+    scaled = score_fn(model, variables, sde, x, features, t, feeding="sigma")
     return raw, unscaled, scaled
 
   raw, unscaled, scaled = outputs(variables, x, features, t)
   np.testing.assert_allclose(unscaled, raw, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(scaled, raw / sde.mean_std(t)[1][:, None, None, None],
                              rtol=1e-5, atol=1e-6)
+
+
+class GaussianOptimum:
+  """Stands in for a network trained to the optimum on data x0 ~ N(mu, s^2) per pixel: it
+  returns the F for which EDM's D = c_skip y + c_out F is the exact posterior mean of y_0
+  given y (y = 2 x / alpha - 1, noise level sigma_y = 2 std / alpha). The coefficients are
+  written out from Karras et al. (2022), Table 1, with sigma_data = 0.5."""
+
+  embedding_type = "positional"
+
+  def __init__(self, sde, mu, s):
+    self.sde, self.mu, self.s = sde, mu, s
+
+  def apply(self, variables, inputs, labels, train, rngs):
+    del variables, train, rngs
+    alpha, std = (np.asarray(v, np.float64)[:, None, None, None]
+                  for v in self.sde.mean_std(labels / 999.0))
+    sigma_y, sd = 2 * std / alpha, 0.5
+    var = sigma_y**2 + sd**2
+    y = np.asarray(inputs[..., :1], np.float64) * np.sqrt(var)  # c_in = 1 / sqrt(var)
+    mean_y, var_y = 2 * self.mu - 1, 4 * self.s**2
+    posterior = mean_y + var_y / (var_y + sigma_y**2) * (y - mean_y)
+    c_skip, c_out = sd**2 / var, sigma_y * sd / np.sqrt(var)
+    return jnp.asarray((posterior - c_skip * y) / c_out, jnp.float32)
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.01, 50.0), VPSDE()], ids=["ve", "vp"])
+def test_edm_feeding_of_the_optimal_denoiser_is_the_exact_gaussian_score(sde):
+  """x0 ~ N(mu, s^2): x_t ~ N(alpha mu, alpha^2 s^2 + std^2), whose score is
+  -(x - alpha mu) / (alpha^2 s^2 + std^2); the edm feeding of the optimal D must give it."""
+  mu, s = 0.4, 0.2
+  t = jnp.array([0.02, 0.3, 0.7, 0.98])
+  alpha, std = (np.asarray(v, np.float64)[:, None, None, None] for v in sde.mean_std(t))
+  z = np.random.default_rng(0).normal(size=(4, 6, 6, 2))
+  x = alpha * (mu + s * z[..., :1]) + std * z[..., 1:]
+  features = jnp.zeros((4, 6, 6, 2))
+  score = score_fn(GaussianOptimum(sde, mu, s), {}, sde, jnp.asarray(x, jnp.float32),
+                   features, t, feeding="edm")
+  exact = -(x - alpha * mu) / (alpha**2 * s**2 + std**2)
+  np.testing.assert_allclose(np.asarray(score), exact, rtol=2e-3,
+                             atol=2e-4 * np.abs(exact).max())
+  # The sigma feeding of the same output is not the score: the test tells the feedings apart.
+  wrong = score_fn(GaussianOptimum(sde, mu, s), {}, sde, jnp.asarray(x, jnp.float32),
+                   features, t, feeding="sigma")
+  assert not np.allclose(np.asarray(wrong), exact, rtol=0.1)

@@ -9,7 +9,7 @@ import pytest
 
 from configs import default, tiny
 from lmi_jax import sampling
-from lmi_jax.models import create_model, init_variables, score_fn
+from lmi_jax.models import create_model, feeding_of, init_variables, score_fn
 from lmi_jax.sde import VESDE, VPSDE, sde_from_config
 
 MU, S = 0.4, 0.2  # Data: every pixel i.i.d. N(MU, S^2).
@@ -125,7 +125,7 @@ def test_tiny_config_samples_with_the_network():
   def translate(variables, features, key):
     traces.append(1)
     score = lambda x, t: score_fn(model, variables, sde, x, features, t,
-                                  scale_by_sigma=config.model.scale_by_sigma)
+                                  feeding=feeding_of(config.model))
     s = config.sampling
     return sampling.em_sampler(score, sde, (2, size, size, 1), key, s.num_steps, eps=s.eps,
                                corrector_steps=s.corrector_steps, snr=s.snr,

@@ -249,9 +249,9 @@ class ConstantProbe(models.NCSNpp):
     return self.param("w", flax.linen.initializers.zeros, ()) + 0.0 * x[..., :1]
 
 
-@pytest.mark.parametrize("scale_by_sigma", [True, False])
-def test_dsm_loss_matches_a_hand_computation(scale_by_sigma):
-  """0.5 * mean_b sum_pixels (std_b * s_b + z_b)^2 with s = w / std (scale_by_sigma) or w,
+@pytest.mark.parametrize("feeding", ["sigma", "raw"])
+def test_dsm_loss_matches_a_hand_computation(feeding):
+  """0.5 * mean_b sum_pixels (std_b * s_b + z_b)^2 with s = w / std (feeding sigma) or w,
   std_b = sigma_min (sigma_max / sigma_min)^t_b of the VE SDE, t and z as drawn per key."""
   from lmi_jax import lmi, sde as sdes
   sde = sdes.VESDE(sigma_min=0.01, sigma_max=50.0)
@@ -259,15 +259,61 @@ def test_dsm_loss_matches_a_hand_computation(scale_by_sigma):
   x0 = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)
   keys = jax.random.split(jax.random.key(5), 3)
   w = 0.7
-  loss = losses.dsm_loss(ConstantProbe(), {"w": np.float32(w)}, sde, cfg, x0, keys, eps=1e-5,
-                         p_uncond=0.0, scale_by_sigma=scale_by_sigma)
+  loss = losses.dsm_loss(ConstantProbe(), {"w": np.float32(w)}, sde, cfg, x0, keys,
+                         p_uncond=0.0, feeding=feeding, weighting=losses.Weighting())
   expected = []
   for key in keys:
     draws = losses.draw(key, (8, 8, 1), 1e-5, 0.0)
     std = 0.01 * (50.0 / 0.01) ** float(draws.t)
-    s = w / std if scale_by_sigma else w
+    s = w / std if feeding == "sigma" else w
     expected.append(0.5 * np.sum((std * s + np.asarray(draws.z)) ** 2))
   assert float(loss) == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("feeding", ["raw", "edm"])
+def test_edm_weighting_matches_a_hand_computation(feeding):
+  """EDM's levels and weights: ln(2 sigma) = p_mean + p_std n with n the example's
+  standard normal draw, t its VE time clipped to [eps, 1], and each example's loss times
+  (4 sigma(t)^2 + sd^2) / sd^2; with the edm feeding the constant w is the network output F
+  of D = c_skip y + c_out F, y = 2 x_t - 1, and s = ((D + 1) / 2 - x_t) / sigma^2."""
+  from lmi_jax import lmi, sde as sdes
+  sde = sdes.VESDE(sigma_min=0.01, sigma_max=50.0)
+  cfg = lmi.LMIConfig(patch_size=3, num_bins=4)
+  x0 = np.random.default_rng(1).random((4, 8, 8, 1)).astype(np.float32)
+  keys = jax.random.split(jax.random.key(7), 4)
+  w, p_mean, p_std, sd = 0.3, -0.5, 2.0, 0.5
+  weighting = losses.Weighting(kind="edm", eps=1e-5, p_mean=p_mean, p_std=p_std)
+  loss = losses.dsm_loss(ConstantProbe(), {"w": np.float32(w)}, sde, cfg, x0, keys,
+                         p_uncond=0.0, feeding=feeding, weighting=weighting)
+  expected, times = [], []
+  for key, x in zip(keys, x0):
+    draws = losses.draw(key, (8, 8, 1), 1e-5, 0.0)
+    sigma = np.exp(p_mean + p_std * float(draws.level)) / 2
+    t = np.clip(np.log(sigma / 0.01) / np.log(50.0 / 0.01), 1e-5, 1.0)
+    times.append(t)
+    std = 0.01 * (50.0 / 0.01) ** t
+    z = np.asarray(draws.z, np.float64)
+    if feeding == "raw":
+      s = w
+    else:
+      x_t = x + std * z
+      var = 4 * std**2 + sd**2
+      denoised = 0.5 * (sd**2 / var * (2 * x_t - 1) + 2 * std * sd / np.sqrt(var) * w + 1)
+      s = (denoised - x_t) / std**2
+    weight = (4 * std**2 + sd**2) / sd**2
+    expected.append(0.5 * weight * np.sum((std * s + z) ** 2))
+  # The draws reach both clipped ends' neighbourhoods and the middle: not all one level.
+  assert np.ptp(times) > 0.2, times
+  assert float(loss) == pytest.approx(np.mean(expected), rel=1e-4)
+
+
+def test_edm_training_runs_and_its_loss_falls(tmp_path):
+  """The EDM feeding and weighting through the whole training step: finite, falling loss."""
+  config = tiny_config(DATA, model__preconditioning="edm", training__weighting="edm")
+  train.train_score_model(config, str(tmp_path))
+  loss = read_scalars(tmp_path)["loss"]
+  assert all(np.isfinite(v) for v in loss.values()), loss
+  assert loss[40] < 0.8 * loss[10], loss
 
 
 class FeatureProbe(models.NCSNpp):
@@ -323,10 +369,10 @@ def test_dsm_loss_takes_its_features_from_the_augmented_reference():
   keys = jax.random.split(jax.random.key(6), 3)
   aug = losses.CondAug(prob=1.0, knots=5, noise=0.2)
   params = {"w": np.float32(1.0)}
-  loss = losses.dsm_loss(FeatureProbe(), params, sde, cfg, x0, keys, eps=1e-5, p_uncond=0.0,
-                         scale_by_sigma=False, cond_aug=aug)
-  plain = losses.dsm_loss(FeatureProbe(), params, sde, cfg, x0, keys, eps=1e-5, p_uncond=0.0,
-                          scale_by_sigma=False)
+  loss = losses.dsm_loss(FeatureProbe(), params, sde, cfg, x0, keys, p_uncond=0.0,
+                         feeding="raw", weighting=losses.Weighting(), cond_aug=aug)
+  plain = losses.dsm_loss(FeatureProbe(), params, sde, cfg, x0, keys, p_uncond=0.0,
+                          feeding="raw", weighting=losses.Weighting())
   expected = []
   for key, x in zip(keys, x0):
     draws = losses.draw(key, (8, 8, 1), 1e-5, 0.0)

@@ -163,10 +163,10 @@ def test_guidance_mixes_conditional_and_unconditional(trained):
   x = source + 0.1 * jax.random.normal(jax.random.PRNGKey(0), source.shape)
   t = jnp.full((2,), 0.3)
   pieces = (ctx.model, ctx.variables, ctx.sde)
-  cond = models.lmi_score(*pieces, ctx.lmi_cfg, source, scale_by_sigma=True)(x, t)
+  cond = models.lmi_score(*pieces, ctx.lmi_cfg, source, feeding="sigma")(x, t)
   uncond = models.unconditional_score(*pieces, len(ctx.lmi_cfg.features),
-                                      scale_by_sigma=True)(x, t)
-  mixed = models.lmi_score(*pieces, ctx.lmi_cfg, source, scale_by_sigma=True,
+                                      feeding="sigma")(x, t)
+  mixed = models.lmi_score(*pieces, ctx.lmi_cfg, source, feeding="sigma",
                            guidance_scale=2.5)(x, t)
   np.testing.assert_allclose(np.asarray(mixed), np.asarray(uncond + 2.5 * (cond - uncond)),
                              rtol=1e-4, atol=1e-4)
@@ -321,7 +321,7 @@ def test_shipped_models_denoise_phantom_slices(config_module, phantom_split, tmp
   for variables in models_shipped:
     score = models.lmi_score(models.create_model(config.model), variables, sde,
                              lmi.from_config(config.lmi), source,
-                             scale_by_sigma=config.model.scale_by_sigma)(noisy, t)
+                             feeding=models.feeding_of(config.model))(noisy, t)
     denoised = noisy + std**2 * score
     assert float(jnp.mean(jnp.square(denoised - clean))) < 0.3 * noisy_error
 

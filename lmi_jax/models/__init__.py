@@ -10,14 +10,14 @@ import ml_collections
 
 from lmi_jax.errors import InputError
 from lmi_jax.models.ncsnpp import NCSNpp
-from lmi_jax.models.score import (NULL_VALUE, lmi_score, noise_labels, null_features,
-                                   score_fn, unconditional_score)
+from lmi_jax.models.score import (FEEDINGS, NULL_VALUE, feeding_of, lmi_score, noise_labels,
+                                   null_features, score_fn, unconditional_score)
 
 MODELS = {"ncsnpp": NCSNpp}
 
 # Keys of the `model` config section that are no constructor option: the registry key, and
 # how the network is fed (lmi_jax.models.score).
-_FEEDING_KEYS = ("name", "scale_by_sigma")
+_FEEDING_KEYS = ("name", "scale_by_sigma", "preconditioning")
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
@@ -48,5 +48,5 @@ def count_params(variables: dict) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(variables))
 
 
-__all__ = ["MODELS", "NCSNpp", "NULL_VALUE", "count_params", "create_model", "init_variables",
-           "lmi_score", "noise_labels", "null_features", "score_fn", "unconditional_score"]
+__all__ = ["FEEDINGS", "MODELS", "NCSNpp", "NULL_VALUE", "count_params", "create_model",
+           "feeding_of", "init_variables", "lmi_score", "noise_labels", "null_features", "score_fn", "unconditional_score"]
