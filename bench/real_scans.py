@@ -60,7 +60,7 @@ flags.DEFINE_list("patients", [], "Ljubljana patients to run (folder names; empt
 flags.DEFINE_list("rows", ["lmi", "lmi_64px", "cyclegan", "supervised", "source_kmeans",
                            "identity"], "Rows to compute.")
 flags.DEFINE_bool("reuse", False, "Score the translations an earlier run left in the workdir "
-                  "instead of translating again (no timing then).")
+                  "and translate only the missing ones (timed alone).")
 flags.mark_flags_as_required(["config", "lowres_config", "workdir"])
 
 ORDERS = {"FLAIR": (1, 3, 2), "T2": (3, 2, 1), "PD": (3, 2, 1)}  # data.source_order per contrast.
@@ -118,18 +118,21 @@ def icbm_cases(root: str, workdir: str) -> list[Case]:
 def translated_volumes(config: ml_collections.ConfigDict, workdir: str,
                        cases: list[Case]) -> tuple[dict[str, np.ndarray], float]:
   """lmi of every case through `scans.sample_scans`: name -> canonical volume; s per volume
-  (None when --reuse found every translation of an earlier run in the workdir)."""
+  translated here (None when --reuse found every translation of an earlier run in the workdir;
+  with --reuse only the missing ones are translated, so an interrupted run goes on)."""
   names = [scan.name for scan in scans.find_scans([c.source for c in cases])]
   paths = [os.path.join(workdir, "samples", f"{n}_translated.nii.gz") for n in names]
-  if flags.FLAGS.reuse and all(os.path.isfile(p) for p in paths):
-    return {c.name: nifti.load_volume(p, allow_constant=True)[0] for c, p in zip(cases, paths)}, None
-  start = time.time()
-  records = scans.sample_scans(config, workdir, [c.source for c in cases])
-  seconds = (time.time() - start) / len(cases)
-  out = {}
-  for case, record in zip(cases, records):
-    out[case.name] = nifti.load_volume(record["outputs"]["translated.nii.gz"], allow_constant=True)[0]
-  return out, seconds
+  found = {c.name: p for c, p in zip(cases, paths) if flags.FLAGS.reuse and os.path.isfile(p)}
+  missing = [c for c in cases if c.name not in found]
+  seconds = None
+  if missing:
+    start = time.time()
+    # Output names come from the scans run together (`scans.find_scans`), so take them from
+    # the records rather than from `paths`.
+    records = scans.sample_scans(config, workdir, [c.source for c in missing])
+    seconds = (time.time() - start) / len(missing)
+    found.update({c.name: r["outputs"]["translated.nii.gz"] for c, r in zip(missing, records)})
+  return {c.name: nifti.load_volume(found[c.name], allow_constant=True)[0] for c in cases}, seconds
 
 
 def baseline_volumes(config: ml_collections.ConfigDict, workdir: str, name: str,
