@@ -95,6 +95,20 @@ def test_step_progress_lines(caplog):
       "lmi: batch 2/2 done, 64.0 s elapsed, about 0 s left"]
 
 
+def test_step_progress_counts_slices_as_steps(caplog):
+  """One noise per slice reports slices (3 of a batch of 3, 18 steps each): 6, 12, 18 steps."""
+  clock = FakeClock()
+  progress = StepProgress("lmi", steps=18, batches=1, every_s=0.0, clock=clock)
+  with caplog.at_level(pylogging.INFO, logger="absl"):
+    progress.start_batch(0)
+    for done in (1, 1, 2, 3):  # Two devices report their first slice.
+      clock.now += 10.0
+      progress.slice_done(np.int32(done), 3)
+  steps = [r.getMessage().split("step ")[1].split(" ")[0] for r in caplog.records
+           if r.getMessage().startswith("lmi: batch")]
+  assert steps == ["6/18", "12/18", "18/18"]
+
+
 @flax.struct.dataclass
 class Counter:
   """A toy loop state: steps taken and the batches seen, summed with weights."""
