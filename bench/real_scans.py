@@ -120,9 +120,11 @@ def translated_volumes(config: ml_collections.ConfigDict, workdir: str,
   """lmi of every case through `scans.sample_scans`: name -> canonical volume; s per volume
   translated here (None when --reuse found every translation of an earlier run in the workdir;
   with --reuse only the missing ones are translated, so an interrupted run goes on)."""
-  names = [scan.name for scan in scans.find_scans([c.source for c in cases])]
-  paths = [os.path.join(workdir, "samples", f"{n}_translated.nii.gz") for n in names]
-  found = {c.name: p for c, p in zip(cases, paths) if flags.FLAGS.reuse and os.path.isfile(p)}
+  found = {}
+  if flags.FLAGS.reuse:
+    names = [scan.name for scan in scans.find_scans([c.source for c in cases])]
+    paths = [os.path.join(workdir, "samples", f"{n}_translated.nii.gz") for n in names]
+    found = {c.name: p for c, p in zip(cases, paths) if os.path.isfile(p)}
   missing = [c for c in cases if c.name not in found]
   seconds = None
   if missing:

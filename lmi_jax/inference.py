@@ -76,18 +76,19 @@ def one_noise_per_slice(fn: Callable[["Context", jax.Array, jax.Array], jax.Arra
 
   The slices run one after another (`lax.map`), not side by side under `vmap`: vmap made
   the LMI loop and the network work on every slice of the batch at once, out of cache (a
-  whole 1 mm BraTS volume took 755 s against 430 s). Progress (`ctx.progress`, a `StepProgress`) is reported per slice,
-  since each slice's sampler counts its steps from 1 again.
+  whole 1 mm BraTS volume took 755 s against 430 s). Progress (`ctx.progress`, a
+  `StepProgress`) is reported per slice, since each slice's sampler counts its steps from 1
+  again.
   """
   def each(ctx: "Context", source: jax.Array, key: jax.Array) -> jax.Array:
     progress, count = ctx.progress, source.shape[0]
     quiet = dataclasses.replace(ctx, progress=None)
+    per_slice = None if progress is None else lambda done: progress.slice_done(done, count)
 
     def one(item: tuple[jax.Array, jax.Array]) -> jax.Array:
       index, image = item
       out = fn(quiet, image[None], key)[0]
-      if progress is not None:
-        jax.debug.callback(lambda i, _: progress.slice_done(i + 1, count), index, out.ravel()[0])
+      sampling.report_progress(per_slice, index + 1, out)
       return out
     return jax.lax.map(one, (jnp.arange(count), source))
   return each

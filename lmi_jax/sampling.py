@@ -144,7 +144,7 @@ def em_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Arr
   def body(x, inputs):
     i, t, t_next, k = inputs
     x = reverse_step(score_fn, sde, x, t, t_next, k, corrector_steps, snr)
-    _report(progress, i + 1, x)
+    report_progress(progress, i + 1, x)
     return x, None
 
   # The scan is cut at the requested steps rather than stacking all num_steps states.
@@ -166,7 +166,7 @@ def em_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.Arr
   return x, trajectory
 
 
-def _report(progress: ProgressFn | None, done: jax.Array, after: jax.Array) -> None:
+def report_progress(progress: ProgressFn | None, done: jax.Array, after: jax.Array) -> None:
   """Calls `progress(done)` on the host from inside a traced loop (nothing if None), once
   `after` (the state just computed) exists: without that data dependency XLA may run the
   callback as soon as `done` is known, e.g. at the start of the program."""
@@ -274,7 +274,7 @@ def fast_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.A
       i, sigma, sigma_next = inputs
       denoised = denoise(x, sigma)
       x = dpm2m_update(x, denoised, denoised_prev, sigma_prev, sigma, sigma_next)
-      _report(progress, i + 1, x)
+      report_progress(progress, i + 1, x)
       return (x, denoised, sigma), None
     (x, _, _), _ = jax.lax.scan(body, (x, jnp.zeros_like(x), sigmas[0]),
                                 (index, sigmas[:-1], sigmas[1:]))
@@ -287,11 +287,11 @@ def fast_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.A
         x = churn_step(denoise, x, sigma, sigma_next, k, gamma, s_noise, sigma_max)
       else:
         x = heun_step(denoise, x, sigma, sigma_next)
-      _report(progress, i + 1, x)
+      report_progress(progress, i + 1, x)
       return x, None
     x, _ = jax.lax.scan(body, x, (index, sigmas[:-1], sigmas[1:], step_keys[:levels - 1]))
   x = denoise(x, sigmas[-1])
-  _report(progress, jnp.asarray(levels), x)
+  report_progress(progress, jnp.asarray(levels), x)
   return x
 
 
