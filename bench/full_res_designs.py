@@ -36,6 +36,8 @@ flags.DEFINE_list("t0", ["0.3", "0.5"], "Start times of the diffusion rows.")
 flags.DEFINE_list("guided", ["2:0.001", "4:0.001", "4:0.01", "8:0.01"],
                   "radius:eps of the guided rows.")
 flags.DEFINE_bool("from_prior", True, "Add lmi at full resolution from the prior.")
+flags.DEFINE_list("prior_samplers", [], "method:nfe of rows from the prior beside the config's "
+                  "sampler (with --from_prior), e.g. dpm2m:15.")
 flags.DEFINE_list("samplers", [], "method:nfe[:t0] of diffusion rows (t0: the config's if not "
                   "given), e.g. dpm2m:21:0.8; the sampler takes t0 of the nfe.")
 flags.DEFINE_list("draws", [], "Numbers of low-resolution draws averaged, beside the config's "
@@ -97,11 +99,17 @@ def main(argv: list[str]) -> None:
     if d != configured:
       run(f"diffusion, {d} draws", d, lowres_refine="diffusion")
   if flags.FLAGS.from_prior:
-    began = time.time()
-    outputs["from prior"] = methods.inside_source_brain(
-        config, source, methods.translate_lmi(dataclasses.replace(ctx, lowres=None), source, lmi_key))
-    seconds["from prior"] = time.time() - began
-    nfe["from prior"] = (sampling.network_evaluations(config.sampling), 0)
+    configured_sampler = f"{config.sampling.method}:{config.sampling.nfe}"
+    for item in dict.fromkeys([configured_sampler, *flags.FLAGS.prior_samplers]):
+      method, count = item.split(":")
+      name = "from prior" if item == configured_sampler else f"from prior {method} nfe={count}"
+      cfg = config.copy_and_resolve_references()
+      cfg.sampling.update(method=method, nfe=int(count))
+      began = time.time()
+      outputs[name] = methods.inside_source_brain(config, source, methods.translate_lmi(
+          dataclasses.replace(ctx, config=cfg, lowres=None), source, lmi_key))
+      seconds[name] = time.time() - began
+      nfe[name] = (sampling.network_evaluations(cfg.sampling), 0)
   report = translate.score_split(config, outputs, split, segmenters)
   paired_to = flags.FLAGS.paired_to
   base = report["methods"][paired_to]["per_slice"]
