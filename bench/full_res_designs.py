@@ -42,6 +42,8 @@ flags.DEFINE_list("samplers", [], "method:nfe[:t0] of diffusion rows (t0: the co
                   "given), e.g. dpm2m:21:0.8; the sampler takes t0 of the nfe.")
 flags.DEFINE_list("draws", [], "Numbers of low-resolution draws averaged, beside the config's "
                   "(rows: enlarged, and diffusion with the config's sampler).")
+flags.DEFINE_list("lowres_samplers", [], "method:nfe of the low-resolution draws of extra rows "
+                  "(the config's number of draws, refined as the config does), e.g. dpm2m:15.")
 flags.DEFINE_string("paired_to", "none", "Row the paired differences are taken against.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -98,6 +100,22 @@ def main(argv: list[str]) -> None:
   for d in counts:
     if d != configured:
       run(f"diffusion, {d} draws", d, lowres_refine="diffusion")
+  for item in flags.FLAGS.lowres_samplers:
+    lowres_config = ctx.lowres.config.copy_and_resolve_references()
+    parsed = sampling.parse_sampler(item)
+    if parsed is None:
+      raise SystemExit(f"--lowres_samplers: {item!r} is not method:nfe (e.g. dpm2m:15)")
+    lowres_config.sampling.method, lowres_config.sampling.nfe = parsed
+    lowres = dataclasses.replace(ctx.lowres, config=lowres_config, runners=None)
+    name = f"diffusion, draws by {item}"
+    began = time.time()
+    start = multiscale.lowres_start(dataclasses.replace(ctx, lowres=lowres), source, start_key,
+                                    methods.translate_lmi)
+    out = multiscale.refine(ctx, reference, start, refine_key)
+    seconds[name] = time.time() - began
+    outputs[name] = methods.inside_source_brain(config, source, out)
+    nfe[name] = (sampling.network_evaluations(config.sampling, float(config.sampling.lowres_t0)),
+                 configured * sampling.network_evaluations(lowres_config.sampling))
   if flags.FLAGS.from_prior:
     configured_sampler = f"{config.sampling.method}:{config.sampling.nfe}"
     for item in dict.fromkeys([configured_sampler, *flags.FLAGS.prior_samplers]):

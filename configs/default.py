@@ -154,6 +154,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.lowres_model = ""  # A shipped low-resolution model folder whose translation lmi starts from and makes full resolution (lmi_jax/multiscale.py); "": lmi samples from the prior.
   sampling.lowres_refine = "diffusion"  # How that translation becomes full resolution: diffusion (noised to lowres_t0, then lmi with this model) | guided (guided filter by the source) | none (enlarged).
   sampling.lowres_samples = 1  # Draws of the low-resolution translation averaged before it is made full resolution (each costs its sampler's NFE at low resolution).
+  sampling.lowres_sampler = ""  # method:nfe of the low-resolution draws, e.g. dpm2m:15 ("": the sampler of that model's own config).
   sampling.lowres_t0 = 0.4  # diffusion: the time its enlarged translation is noised to (VE sigma_min (sigma_max / sigma_min)^t0).
   sampling.guided_radius = 4  # guided: window radius in pixels.
   sampling.guided_eps = 0.01  # guided: ridge on the window's linear map (in squared intensity units; larger is smoother).

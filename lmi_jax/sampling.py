@@ -38,6 +38,7 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 ProgressFn = Callable[[jax.Array], None]
 SAMPLERS = ("em", "heun", "churn", "dpm2m")
+FAST_SAMPLERS = tuple(m for m in SAMPLERS if m != "em")  # Counted in network evaluations (nfe).
 
 
 def time_grid(num_steps: int, eps: float, t_start: float) -> jax.Array:
@@ -317,8 +318,20 @@ def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
   require(cfg.lowres_refine in LOWRES_REFINES, "lowres_refine", f"choose one of {LOWRES_REFINES}")
   require(0.0 < cfg.lowres_t0 <= 1.0, "lowres_t0", "use a time in (0, 1]")
   require(cfg.lowres_samples >= 1, "lowres_samples", "use at least one draw")
+  require(cfg.lowres_sampler == "" or parse_sampler(cfg.lowres_sampler) is not None,
+          "lowres_sampler", f"give method:nfe with a method of {FAST_SAMPLERS} and nfe >= 1, "
+          "e.g. dpm2m:15, or '' for the low-resolution model's own sampler")
   require(cfg.guided_radius >= 1, "guided_radius", "use a radius of at least 1 pixel")
   require(cfg.guided_eps > 0, "guided_eps", "use a positive ridge")
+
+
+def parse_sampler(text: str) -> tuple[str, int] | None:
+  """(method, nfe) of a "method:nfe" string such as "dpm2m:15"; None if it is not one (em,
+  counted in steps, is not)."""
+  method, _, count = str(text).partition(":")
+  if method not in FAST_SAMPLERS or not count.isdigit() or int(count) < 1:
+    return None
+  return method, int(count)
 
 
 def steps_for(cfg: ml_collections.ConfigDict, t_start: float = 1.0) -> int:

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from made_scans import brats_like, train_briefly
-from lmi_jax import methods, multiscale, pretrained, scans, settings, translate
+from lmi_jax import methods, multiscale, pretrained, sampling, scans, settings, translate
 from lmi_jax.data import train_batches
 from lmi_jax.data import load_dataset
 from lmi_jax.data import slices as slicing
@@ -168,6 +168,20 @@ def test_lmi_refines_a_low_resolution_translation(cases, trained_on_cases, tmp_p
   np.testing.assert_allclose(
       multiscale.lowres_start(ctx, source, start_key, methods.translate_lmi),
       multiscale.resize_slices((draws[0] + draws[1]) / 2, source.shape[1:3]), atol=1e-5)
+  # sampling.lowres_sampler replaces the low-resolution model's own sampler for its draws.
+  own = ctx.lowres.config.sampling
+  assert (own.method, sampling.network_evaluations(own)) != ("dpm2m", 3)
+  config.sampling.lowres_sampler = "dpm2m:3"
+  settings.check_config(config)
+  switched = multiscale.load_lowres(ctx).lowres
+  assert switched.config.sampling.method == "dpm2m"
+  assert sampling.network_evaluations(switched.config.sampling) == 3
+  fast_draw = methods.translate_lmi(switched, small, jax.random.fold_in(start_key, 0))
+  assert np.isfinite(fast_draw).all() and np.abs(fast_draw - draws[0]).mean() > 1e-3
+  for bad in ("dpm2m", "em:10", "dpm2m:0", "fast:9"):
+    config.sampling.lowres_sampler = bad
+    with pytest.raises(InputError, match=f"sampling.lowres_sampler={bad!r}"):
+      settings.check_config(config)
 
 
 def test_the_shipped_1mm_model_translates_a_scan_at_its_own_resolution(cases, tmp_path):
