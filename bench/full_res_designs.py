@@ -102,10 +102,7 @@ def main(argv: list[str]) -> None:
       run(f"diffusion, {d} draws", d, lowres_refine="diffusion")
   for item in flags.FLAGS.lowres_samplers:
     lowres_config = ctx.lowres.config.copy_and_resolve_references()
-    parsed = sampling.parse_sampler(item)
-    if parsed is None:
-      raise SystemExit(f"--lowres_samplers: {item!r} is not method:nfe (e.g. dpm2m:15)")
-    lowres_config.sampling.method, lowres_config.sampling.nfe = parsed
+    sampling.set_sampler(lowres_config.sampling, item)
     lowres = dataclasses.replace(ctx.lowres, config=lowres_config, runners=None)
     name = f"diffusion, draws by {item}"
     began = time.time()
@@ -119,10 +116,10 @@ def main(argv: list[str]) -> None:
   if flags.FLAGS.from_prior:
     configured_sampler = f"{config.sampling.method}:{config.sampling.nfe}"
     for item in dict.fromkeys([configured_sampler, *flags.FLAGS.prior_samplers]):
-      method, count = item.split(":")
-      name = "from prior" if item == configured_sampler else f"from prior {method} nfe={count}"
       cfg = config.copy_and_resolve_references()
-      cfg.sampling.update(method=method, nfe=int(count))
+      sampling.set_sampler(cfg.sampling, item)
+      name = ("from prior" if item == configured_sampler
+              else f"from prior {cfg.sampling.method} nfe={cfg.sampling.nfe}")
       began = time.time()
       outputs[name] = methods.inside_source_brain(config, source, methods.translate_lmi(
           dataclasses.replace(ctx, config=cfg, lowres=None), source, lmi_key))

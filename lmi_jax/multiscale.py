@@ -60,7 +60,7 @@ def load_lowres(ctx: "Context") -> "Context":
   # Whether slices share noise is a choice about the whole translation, both stages.
   config.sampling.shared_noise = bool(cfg.shared_noise)
   if cfg.lowres_sampler:
-    config.sampling.method, config.sampling.nfe = sampling.parse_sampler(cfg.lowres_sampler)
+    sampling.set_sampler(config.sampling, cfg.lowres_sampler)
   variables, step = checkpoints.load_shipped(config, folder, key="sampling.lowres_model")
   faint = checkpoints.load_faint(config, folder)
   lowres = dataclasses.replace(

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lmi_jax import reference_map
-from lmi_jax.errors import key_checker
+from lmi_jax.errors import InputError, key_checker
 from lmi_jax.sde import SDE, bcast
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -332,6 +332,15 @@ def parse_sampler(text: str) -> tuple[str, int] | None:
   if method not in FAST_SAMPLERS or not count.isdigit() or int(count) < 1:
     return None
   return method, int(count)
+
+
+def set_sampler(cfg: ml_collections.ConfigDict, text: str) -> None:
+  """Sets `cfg.method` and `cfg.nfe` of a sampling section from "method:nfe" (`parse_sampler`)."""
+  parsed = parse_sampler(text)
+  if parsed is None:
+    raise InputError(f"{text!r} is not method:nfe with a method of {FAST_SAMPLERS} and nfe >= 1 "
+                     "(e.g. dpm2m:15).")
+  cfg.method, cfg.nfe = parsed
 
 
 def steps_for(cfg: ml_collections.ConfigDict, t_start: float = 1.0) -> int:
