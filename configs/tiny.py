@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.num_res_blocks = 1
   model.attn_resolutions = (16,)
   model.fourier_scale = 4.0
+  # XLA's own kernel gradient: a step with the host callback cannot be kept in the persistent
+  # compilation cache that the tests share (tests/conftest.py), and compiling is most of a
+  # tiny run. tests/test_layers.py checks that the callback gives the same gradients.
+  model.host_kernel_grad = False
 
   # --- SDE: prior std at the scale of the largest distance between two 32x32 slices ---
   config.sde.sigma_max = 20.0

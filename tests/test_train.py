@@ -49,13 +49,6 @@ def tiny_config(base=OVERRIDES, **overrides):
   return config
 
 
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-  """A persistent compilation cache shared by the subprocesses: they compile the same init."""
-  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
-
 def main_py(workdir, *flags, env):
   """`python main.py --mode=train` on the tiny config with OVERRIDES, as a subprocess."""
   args = [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/tiny.py",
@@ -160,9 +153,8 @@ def test_restore_ema_params_without_a_checkpoint(tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_two_devices_match_one(reference, tmp_path, jax_cache):
-  finish(main_py(tmp_path, env={**jax_cache,
-                                "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+def test_two_devices_match_one(reference, tmp_path):
+  finish(main_py(tmp_path, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
   assert_same_state(latest_checkpoint(tmp_path), latest_checkpoint(reference[0]))
 
 
@@ -172,11 +164,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one(reference, tmp_path, jax_cache):
+def test_two_processes_match_one(reference, tmp_path):
   address = f"127.0.0.1:{_free_port()}"
   processes = [main_py(tmp_path, "--config.training.num_processes=2",
                        f"--config.training.process_id={i}",
-                       f"--config.training.coordinator_address={address}", env=jax_cache)
+                       f"--config.training.coordinator_address={address}", env={})
                for i in range(2)]
   try:
     for process in processes:
