@@ -49,12 +49,13 @@ def tiny_config(base=OVERRIDES, **overrides):
   return config
 
 
-def main_py(workdir, *flags, env):
-  """`python main.py --mode=train` on the tiny config with OVERRIDES, as a subprocess."""
+def main_py(workdir, *flags, env=None):
+  """`python main.py --mode=train` on the tiny config with OVERRIDES, as a subprocess; `env`
+  adds variables to this process's."""
   args = [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/tiny.py",
           f"--workdir={workdir}", "--mode=train"]
   args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + list(flags)
-  return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+  return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -168,7 +169,7 @@ def test_two_processes_match_one(reference, tmp_path):
   address = f"127.0.0.1:{_free_port()}"
   processes = [main_py(tmp_path, "--config.training.num_processes=2",
                        f"--config.training.process_id={i}",
-                       f"--config.training.coordinator_address={address}", env={})
+                       f"--config.training.coordinator_address={address}")
                for i in range(2)]
   try:
     for process in processes:
