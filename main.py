@@ -17,7 +17,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, files, host, scans, settings, train, translate
+from lmi_jax import files, host, settings
 from lmi_jax.errors import InputError, one_line
 
 FLAGS = flags.FLAGS
@@ -62,14 +62,26 @@ def split_commas(config: ml_collections.ConfigDict) -> None:
       config[key] = tuple(part.strip() for v in value for part in str(v).split(",") if part.strip())
 
 
-MODES = {
-    "train": train.train,
-    "sample": lambda config, workdir: (scans.sample_scans(config, workdir, FLAGS.input)
-                                       if FLAGS.input else translate.sample(config, workdir)),
-    # The table goes to stdout as well as to WORKDIR/eval/report.md.
-    "eval": lambda config, workdir: print(evaluation.report_markdown(
-        translate.evaluate(config, workdir))),
-}
+def train_mode(config: ml_collections.ConfigDict, workdir: str) -> None:
+  from lmi_jax import train  # Each mode imports its own modules: a bad config ends sooner.
+  train.train(config, workdir)
+
+
+def sample_mode(config: ml_collections.ConfigDict, workdir: str) -> None:
+  from lmi_jax import scans, translate
+  if FLAGS.input:
+    scans.sample_scans(config, workdir, FLAGS.input)
+  else:
+    translate.sample(config, workdir)
+
+
+def eval_mode(config: ml_collections.ConfigDict, workdir: str) -> None:
+  from lmi_jax import evaluation, translate
+  # The table goes to stdout as well as to WORKDIR/eval/report.md.
+  print(evaluation.report_markdown(translate.evaluate(config, workdir)))
+
+
+MODES = {"train": train_mode, "sample": sample_mode, "eval": eval_mode}
 
 
 def interruptible(work: Callable[[], object]) -> None:

@@ -20,11 +20,15 @@ validation heads of ../shared/data/ixi_t1_heads_2mm and measured on the other 20
 """
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from lmi_jax.data import nifti, registration
+
+if TYPE_CHECKING:
+  import SimpleITK
 
 # data.brain_extraction: auto (raw heads only, for models of skull-stripped brains) | on | off.
 MODES = ("auto", "on", "off")

@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import ml_collections
 import numpy as np
-from sklearn.cluster import KMeans
 
 from lmi_jax import masks
 from lmi_jax.errors import InputError
@@ -94,6 +93,9 @@ def _centroids(values: np.ndarray, k: int, seed: int, max_pixels: int,
                n_init: int) -> tuple[float, ...]:
   """Ascending centres of the K-means of (M,) intensities, fitted on at most max_pixels of
   them drawn with `seed`."""
+  # Imported here: scikit-learn costs seconds of start-up, which a run that ends on a
+  # config error should not pay.
+  from sklearn.cluster import KMeans
   rng = np.random.default_rng(seed)
   if values.size > max_pixels:
     values = rng.choice(values, size=max_pixels, replace=False)

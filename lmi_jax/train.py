@@ -28,7 +28,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib.image
 import ml_collections
 import numpy as np
 import optax
@@ -38,6 +37,7 @@ from flax import jax_utils
 
 from lmi_jax import checkpoints, files, lmi, loop, losses, sampling, settings, writers
 from lmi_jax.baselines import BASELINES
+from lmi_jax.baselines.common import write_png
 from lmi_jax.data import load_dataset, train_batches
 from lmi_jax.errors import InputError
 from lmi_jax.models import (count_params, create_model, feeding_of, init_variables, lmi_score,
@@ -241,8 +241,7 @@ def write_samples(writer: writers.MetricWriter, workdir: str, step: int, grid: n
   """The sample grid (H, W) in [0, 1] as workdir/samples/step_<step>.png and a TensorBoard image."""
   folder = os.path.join(workdir, "samples")
   os.makedirs(folder, exist_ok=True)
-  matplotlib.image.imsave(os.path.join(folder, f"step_{step:07d}.png"), grid, cmap="gray",
-                          vmin=0.0, vmax=1.0)
+  write_png(os.path.join(folder, f"step_{step:07d}.png"), grid)
   writer.write_images(step, {"samples": grid[None, :, :, None]})
 
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import matplotlib.image
 import ml_collections
 import msgpack
 import numpy as np
@@ -71,6 +70,7 @@ def preview_grid(images: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def write_png(path: str, grid: np.ndarray) -> None:
   """A (H, W) grey image in [0, 1] as a PNG, written atomically."""
+  import matplotlib.image  # Here, not above: every config check imports this module.
   with files.atomic_path(path) as tmp:
     matplotlib.image.imsave(tmp, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
 

@@ -3,11 +3,15 @@ geometry (`to_sitk`, `from_sitk`), rigid Mattes-MI registration of a source to i
 grid, and trilinear resampling of a source onto the target's axial slices."""
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from lmi_jax.data import nifti
+
+if TYPE_CHECKING:
+  import SimpleITK
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (ITK's world convention); its own inverse.
 
