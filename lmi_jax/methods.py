@@ -70,6 +70,13 @@ class Context:
   structure_score: float | None = None  # `stack_structure_score` of the sources being translated, when the caller has it (`lmi_model` uses it).
 
 
+def keeping_runners(ctx: Context) -> Context:
+  """`ctx` and its low-resolution context with empty `runners`: each sampler compiles on its
+  first call and is reused by later calls of the same method, as `--mode=sample` runs them."""
+  lowres = ctx.lowres and dataclasses.replace(ctx.lowres, runners={})
+  return dataclasses.replace(ctx, runners={}, lowres=lowres)
+
+
 def lmi_batch(ctx: Context, source: jax.Array, key: jax.Array,
                trajectory_steps: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
   """LMI-guided translation of one (B, H, W, 1) batch by `sampling.method` (jax, inside the

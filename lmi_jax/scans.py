@@ -309,9 +309,7 @@ def sample_scans(config: ml_collections.ConfigDict, workdir: str,
       loaded = _failed(scan, error, alone=len(scans) == 1)
     if loaded is not None:
       if ctx is None:  # Once an input has passed its checks; a model that fails ends the run.
-        ctx = translate.make_context(config, workdir, None)
-        lowres = ctx.lowres and dataclasses.replace(ctx.lowres, runners={})
-        ctx = dataclasses.replace(ctx, runners={}, lowres=lowres)
+        ctx = methods.keeping_runners(translate.make_context(config, workdir, None))
         segmenter = model_store.stored_segmenter(config, workdir)
       try:
         done.append(translate_scan(ctx, segmenter, loaded, out_dir))

@@ -1,7 +1,6 @@
 """Full resolution: slices at a fixed pixel size, T1w-only training volumes, training on
 crops, and lmi started from a low-resolution model's translation (lmi_jax/multiscale.py)."""
 
-import dataclasses
 import os
 import textwrap
 
@@ -149,7 +148,7 @@ def test_lmi_refines_a_low_resolution_translation(cases, trained_on_cases, tmp_p
   assert ctx.lowres is not None and ctx.lowres.config.data.image_size == 32
   # Compiled samplers kept by name, as --mode=sample keeps them: a sampler's progress callback
   # keeps it out of the persistent cache, so every draw would compile again.
-  ctx = dataclasses.replace(ctx, runners={}, lowres=dataclasses.replace(ctx.lowres, runners={}))
+  ctx = methods.keeping_runners(ctx)
   key = jax.random.key(0)
   outputs = {}
   for refine in ("none", "guided", "diffusion"):
