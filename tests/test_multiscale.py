@@ -197,7 +197,9 @@ def test_the_shipped_1mm_model_translates_a_scan_at_its_own_resolution(cases, tm
   config.data.root = str(tmp_path / "no_data_here")
   config.data.extra_targets = ()
   config.sampling.batch_size = 4
-  config.sampling.lowres_samples, config.sampling.nfe = 1, 9  # The shipped sampler, shortened.
+  # The shipped samplers, shortened: one 64 px draw of 6 NFE, then 9 NFE's schedule at 1 mm.
+  config.sampling.lowres_samples, config.sampling.lowres_sampler = 1, "dpm2m:6"
+  config.sampling.nfe = 9
   # Five 1 mm axial slices of a case's FLAIR, upsampled from its 4 mm voxels.
   flair = nib.load(str(cases / "case_0" / "FLAIR.nii.gz"))
   middle = flair.shape[2] // 2
