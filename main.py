@@ -17,7 +17,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import files, host, settings
+from lmi_jax import files, host
 from lmi_jax.errors import InputError, one_line
 
 FLAGS = flags.FLAGS
@@ -128,6 +128,9 @@ def run(argv: list[str]) -> None:
       raise InputError("--workdir is empty; give the folder for the run's checkpoints and outputs "
                        "(e.g. --workdir=workdir/my_run).")
     split_commas(config)
+    # Imported once the flags parse: it imports JAX and every module whose section it checks
+    # (3 s), which a misspelt flag or a missing config file need not wait for.
+    from lmi_jax import settings
     settings.check_config(config, FLAGS.mode)
     files.prepare_dir(FLAGS.workdir)
     interruptible(lambda: MODES[FLAGS.mode](config, FLAGS.workdir))

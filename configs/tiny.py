@@ -1,5 +1,11 @@
 """The smallest configuration that runs every part of lmi_jax, for tests and smoke runs.
 
+Its network has one resolution level: no resampling, no pyramids, attention only at the
+bottleneck. Compiling is most of a tiny run on a 2-core CPU, and one level compiles in 40% of
+the time of two (training step 17 s instead of 42, its initialisation 12 s instead of 23). The
+parts of a network with several levels are tested on their own (tests/test_models.py,
+tests/test_layers.py) and through the shipped models.
+
 Each section overrides a few keys of `configs/default.py`; add overrides under the section
 they belong to.
 """
@@ -19,12 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_test_subjects = 2
   config.data.phantom.voxel_mm = 3.0  # A coarse anatomy builds the phantom in under a second.
 
-  # --- score model: a few channels, two levels, every option path that costs little ---
+  # --- score model: a few channels, one level (module docstring) ---
   model = config.model
   model.nf = 16
-  model.ch_mult = (1, 2)
+  model.ch_mult = (1,)
   model.num_res_blocks = 1
-  model.attn_resolutions = (16,)
+  model.attn_resolutions = ()
   model.fourier_scale = 4.0
   # XLA's own kernel gradient: a step with the host callback cannot be kept in the persistent
   # compilation cache that the tests share (tests/conftest.py), and compiling is most of a

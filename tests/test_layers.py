@@ -129,12 +129,17 @@ def test_network_gradients_equal_with_the_host_kernel_gradient_on_and_off():
   from lmi_jax.models import create_model, init_variables
   config = tiny.get_config()
   config.model.init_scale = 1.0  # A zero output layer would leave every other gradient zero.
+  # Two levels: strided and resampling convolutions too, and attention at a resolution.
+  config.model.ch_mult, config.model.attn_resolutions = (1, 2), (16,)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  # The switch leaves the parameters as they are: one initialisation, jitted (op by op it
+  # compiles every initialiser on its own, half a minute).
+  params = jax.jit(lambda key: init_variables(create_model(config.model), key, 32, 3))(
+      jax.random.key(1))["params"]
   grads = []
   for flag in (True, False):
     config.model.host_kernel_grad = flag
     model = create_model(config.model)
-    params = init_variables(model, jax.random.key(1), 32, 3)["params"]
     loss = lambda p: jnp.sum(model.apply({"params": p}, x, jnp.ones((2,)), train=False) ** 2)
     # Jitted: run op by op, every layer's primitives would compile one at a time (minutes).
     grads.append(jax.jit(jax.grad(loss))(params))
