@@ -49,12 +49,18 @@ def restore_latest(store: ocp.CheckpointManager, template: Any) -> Any:
   if step is None:
     return template
   logging.info("Resuming from the checkpoint of step %d", step)
+  where = (f"{store.directory}/{step}: does not fit this config or is damaged ({{}}); use the "
+           "config it was trained with, or move the folder away to start afresh.")
   try:
-    return store.restore(step, args=ocp.args.StandardRestore(jax.device_get(template)))
+    restored = store.restore(step, args=ocp.args.StandardRestore(jax.device_get(template)))
   except (ValueError, KeyError, TypeError) as error:
-    raise InputError(f"{store.directory}/{step}: does not fit this config or is damaged "
-                     f"({type(error).__name__}); use the config it was trained with, or move "
-                     "the folder away to start afresh.") from error
+    raise InputError(where.format(type(error).__name__)) from error
+  # Orbax restores the saved shapes whatever the template's: another network size would
+  # otherwise fail later, inside the compiled step, with a traceback.
+  if (jax.tree.structure(restored) != jax.tree.structure(template) or
+      jax.tree.map(np.shape, restored) != jax.tree.map(np.shape, template)):
+    raise InputError(where.format("other array shapes"))
+  return restored
 
 
 def latest_step(folder: str) -> int | None:

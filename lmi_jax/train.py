@@ -322,9 +322,6 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
   settings.check_global_batch(training, jax.device_count())
   lead_host = jax.process_index() == 0
   files.prepare_dir(workdir)
-  if lead_host:
-    files.atomic_write(os.path.join(workdir, "config.json"),
-                       config.to_json_best_effort(indent=2, sort_keys=True).encode())
 
   if images is None:
     dataset = load_dataset(config, workdir)
@@ -345,6 +342,11 @@ def train_score_model(config: ml_collections.ConfigDict, workdir: str,
     shapes = jax.eval_shape(lambda k: create_train_state(k, cfg, size), key)
     state = checkpoints.restore_latest(
         manager, jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes))
+  # Written once the checkpoint is known to fit: a resume refused for another network keeps
+  # the config.json that the error message points to.
+  if lead_host:
+    files.atomic_write(os.path.join(workdir, "config.json"),
+                       config.to_json_best_effort(indent=2, sort_keys=True).encode())
   logging.info("Score network %s: %d parameters; %d training slices; %d device(s) on %d host(s)",
                config.model.name, count_params(state.params), len(images),
                jax.device_count(), jax.process_count())

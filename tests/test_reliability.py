@@ -269,12 +269,18 @@ def checkpoint_cases(d: str, trained: str) -> dict[str, Case]:
   with open(f"{shipped}/model.json", "w") as f:
     f.write('{"step": 1}')
   lmi_eval = ("--mode=eval", "--config.eval.methods=lmi", "--config.eval.max_slices=1")
+  resumed = f"{d}/resumed_run"
+  shutil.copytree(trained, resumed)
   return {
       "corrupt_checkpoint": Case("checkpoint files truncated", (f"--workdir={corrupt}", *lmi_eval),
                                  (f"{corrupt}/checkpoints",)),
       "checkpoint_other_config": Case("a checkpoint of another network size",
                                       (f"--workdir={trained}", *lmi_eval, "--config.model.nf=8"),
                                       (f"{trained}/checkpoints", "does not fit")),
+      "resume_other_network": Case("training resumed with another network size",
+                                   (f"--workdir={resumed}", "--mode=train", *QUICK_TRAIN,
+                                    "--config.training.num_steps=4", "--config.model.nf=8"),
+                                   (f"{resumed}/checkpoints", "does not fit")),
       "corrupt_shipped_model": Case("a damaged shipped model (sampling.pretrained)",
                                     (f"--workdir={d}/empty_run", *lmi_eval,
                                      f"--config.sampling.pretrained={shipped}"),
@@ -344,7 +350,8 @@ CASE_IDS = (
     "probability_out_of_range", "unknown_preconditioning", "unknown_weighting", "stray_argument",
     "unknown_training_method",
     "workdir_is_file", "workdir_unwritable", "disk_full",
-    "corrupt_checkpoint", "checkpoint_other_config", "corrupt_shipped_model",
+    "corrupt_checkpoint", "checkpoint_other_config", "resume_other_network",
+    "corrupt_shipped_model",
 )
 
 
@@ -361,6 +368,15 @@ def test_bad_input_is_one_line_and_status_2(outcomes, name):
   # Nothing half-written: no translation, report or temporary file in the run's folder (the
   # data cache and config.json are whole files or absent).
   assert not {f for f in files if ".tmp-" in f or f.startswith(("samples", "eval"))}, files
+
+
+@pytest.mark.slow
+def test_a_refused_resume_keeps_the_config_of_its_checkpoints(outcomes):
+  """The error points to the run's config.json: it still describes the checkpoints."""
+  case, _, _ = outcomes["resume_other_network"]
+  workdir = next(f.split("=", 1)[1] for f in case.flags if f.startswith("--workdir="))
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["model"]["nf"] == 16
 
 
 def test_every_case_is_documented():
