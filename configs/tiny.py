@@ -1,4 +1,4 @@
-"""The smallest configuration that runs every part of lmi_jax, for tests and smoke runs.
+"""The smallest configuration that runs every part of lmi_jax's pipeline, for tests and smoke runs.
 
 Its network has one resolution level: no resampling, no pyramids, attention only at the
 bottleneck. Compiling is most of a tiny run on a 2-core CPU, and one level compiles in 40% of

@@ -49,18 +49,27 @@ def restore_latest(store: ocp.CheckpointManager, template: Any) -> Any:
   if step is None:
     return template
   logging.info("Resuming from the checkpoint of step %d", step)
-  where = (f"{store.directory}/{step}: does not fit this config or is damaged ({{}}); use the "
-           "config it was trained with, or move the folder away to start afresh.")
+
+  def unfit(why: str) -> InputError:
+    return InputError(f"{store.directory}/{step}: does not fit this config or is damaged "
+                      f"({why}); use the config it was trained with, or move the folder away "
+                      "to start afresh.")
   try:
     restored = store.restore(step, args=ocp.args.StandardRestore(jax.device_get(template)))
   except (ValueError, KeyError, TypeError) as error:
-    raise InputError(where.format(type(error).__name__)) from error
+    raise unfit(type(error).__name__) from error
   # Orbax restores the saved shapes whatever the template's: another network size would
   # otherwise fail later, inside the compiled step, with a traceback.
-  if (jax.tree.structure(restored) != jax.tree.structure(template) or
-      jax.tree.map(np.shape, restored) != jax.tree.map(np.shape, template)):
-    raise InputError(where.format("other array shapes"))
+  if not same_shapes(restored, template):
+    raise unfit("other array shapes")
   return restored
+
+
+def same_shapes(tree: Any, reference: Any) -> bool:
+  """Whether two pytrees have one structure and equal shapes leaf by leaf (arrays or
+  jax.ShapeDtypeStruct)."""
+  return (jax.tree.structure(tree) == jax.tree.structure(reference) and
+          jax.tree.map(np.shape, tree) == jax.tree.map(np.shape, reference))
 
 
 def latest_step(folder: str) -> int | None:
@@ -83,8 +92,7 @@ def check_params_fit(config: ml_collections.ConfigDict, params: Any, where: str,
   expected = jax.eval_shape(
       lambda key: init_variables(create_model(config.model), key, config.data.image_size,
                                  in_channels), jax.random.key(0))["params"]
-  if (jax.tree.structure(params) != jax.tree.structure(expected) or
-      jax.tree.map(np.shape, params) != jax.tree.map(np.shape, expected)):
+  if not same_shapes(params, expected):
     raise InputError(f"{where} does not fit the network of this config (model.*, "
                      f"lmi.features or data.image_size differ from training); {hint}.")
 

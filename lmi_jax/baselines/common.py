@@ -198,7 +198,6 @@ def load_params(path: str, template: Any, hint: str) -> Any:
           msgpack.exceptions.UnpackException) as error:
     raise InputError(f"{path}: cannot be read as parameters ({type(error).__name__}); the "
                      "file is damaged: export it again.") from error
-  if (jax.tree.structure(params) != jax.tree.structure(template) or
-      jax.tree.map(np.shape, params) != jax.tree.map(np.shape, template)):
+  if not checkpoints.same_shapes(params, template):
     raise InputError(f"{path}: does not fit the network of this config; {hint}.")
   return jax.tree.map(lambda p: np.asarray(p, np.float32), params)
