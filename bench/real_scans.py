@@ -12,7 +12,8 @@ Sets (../shared/data, see its README for citations and licences):
 - icbm: the ICBM152 PDw average cut to the SPM priors' brain -> avg152T1; "labels" is Dice
   against the priors' arg-max.
 
-Rows: lmi with --config (its workdir checkpoint, else its shipped model); lmi with
+Rows: lmi with --config (its workdir checkpoint, else its shipped model); lmi_joint (lmi's
+translation segmented together with the source, `segmentation.segment_with_source`); lmi with
 --lowres_config alone (the 64 px model, enlarged: what users had); cyclegan and supervised
 (the baselines shipped beside --lowres_config's model, at its size; supervised saw paired
 FLAIR, so it is a ceiling for FLAIR only); source_kmeans (the source's own 3-class K-means,
@@ -57,8 +58,9 @@ flags.DEFINE_list("sets", ["brats", "ljubljana", "icbm"], "Sets to run.")
 flags.DEFINE_enum("brats_split", "test", ["val", "test"], "brats: the split's patients to run "
                   "(choices are made on val).")
 flags.DEFINE_list("patients", [], "Ljubljana patients to run (folder names; empty: all).")
-flags.DEFINE_list("rows", ["lmi", "lmi_64px", "cyclegan", "supervised", "source_kmeans",
-                           "identity"], "Rows to compute.")
+flags.DEFINE_list("contrasts", ["T2", "FLAIR"], "Ljubljana source contrasts to run.")
+flags.DEFINE_list("rows", ["lmi", "lmi_joint", "lmi_64px", "cyclegan", "supervised",
+                           "source_kmeans", "identity"], "Rows to compute (lmi_joint needs lmi).")
 flags.DEFINE_bool("reuse", False, "Score the translations an earlier run left in the workdir "
                   "and translate only the missing ones (timed alone).")
 flags.mark_flags_as_required(["config", "lowres_config", "workdir"])
@@ -88,12 +90,12 @@ def brats_cases(root: str, lowres: ml_collections.ConfigDict, split: str) -> lis
           for _, name, _ in chosen]
 
 
-def ljubljana_cases(root: str, patients: list[str]) -> list[Case]:
+def ljubljana_cases(root: str, patients: list[str], contrasts: list[str]) -> list[Case]:
   folder = os.path.join(root, "ljubljana_ms_mni")
   return [Case("ljubljana", f"{p}_{c}", c, os.path.join(folder, p, f"{c}.nii.gz"),
                os.path.join(folder, p, "T1.nii.gz"), os.path.join(folder, p, "lesions.nii.gz"))
           for p in sorted(os.listdir(folder)) if not patients or p in patients
-          for c in ("T2", "FLAIR")]
+          for c in contrasts]
 
 
 def icbm_cases(root: str, workdir: str) -> list[Case]:
@@ -180,10 +182,12 @@ def main(argv: list[str]) -> None:
   del argv
   args = flags.FLAGS
   config, lowres = args.config, args.lowres_config
+  if "lmi_joint" in args.rows and "lmi" not in args.rows:
+    raise app.UsageError("--rows: lmi_joint segments lmi's translation; add lmi.")
   host.split_host(int(config.host_devices))
   os.makedirs(args.workdir, exist_ok=True)
   makers = {"brats": lambda: brats_cases(args.data, lowres, args.brats_split),
-            "ljubljana": lambda: ljubljana_cases(args.data, args.patients),
+            "ljubljana": lambda: ljubljana_cases(args.data, args.patients, args.contrasts),
             "icbm": lambda: icbm_cases(args.data, args.workdir)}
   cases = [c for s in args.sets for c in makers[s]()]
   row_dir = lambda row: os.path.join(args.workdir, row)
@@ -231,6 +235,15 @@ def main(argv: list[str]) -> None:
       best = max(named, key=lambda n: metrics.dice(n[brain], truth_labels[brain], (1, 2, 3))[1])
       entry["rows"]["source_kmeans_best"] = score(None, best, truth_n, truth_labels, brain,
                                                   outside, case.labels)
+    if "lmi_joint" in args.rows:
+      start = time.time()
+      labels = segmentation.segment_with_source(
+          np.moveaxis(volumes["lmi"][case.name], 2, 0)[..., None],
+          np.moveaxis(source_n, 2, 0)[..., None], np.moveaxis(brain, 2, 0),
+          int(config.eval.kmeans_clusters), int(config.seed))
+      entry["rows"]["lmi_joint"] = score(None, np.moveaxis(labels, 0, 2), truth_n, truth_labels,
+                                         brain, outside, case.labels)
+      entry["rows"]["lmi_joint"]["seconds"] = seconds["lmi"] + time.time() - start
     if "identity" in args.rows:
       entry["rows"]["identity"] = score(source_n, seg(full_segmenter, source_n), truth_n,
                                         truth_labels, brain, outside, case.labels)

@@ -144,17 +144,39 @@ def lmi_model(ctx: Context, source: np.ndarray) -> Context:
 
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
   """lmi of (N, H, W, 1) sources; with a low-resolution model (`ctx.lowres`), that model's
-  translation of the shrunk sources made full resolution (`multiscale.refine`)."""
+  translation of the shrunk sources made full resolution (`multiscale.refine`); finished by
+  `source_guided_finish`."""
   if ctx.lowres is not None:
     start_key, key = jax.random.split(key)
     start = multiscale.lowres_start(ctx, source, start_key, translate_lmi)
-    return multiscale.refine(ctx, lmi_reference(ctx, source), start, key)
+    translated = multiscale.refine(ctx, lmi_reference(ctx, source), start, key)
+    return source_guided_finish(ctx.config, source, translated)
   ctx = lmi_model(ctx, source)
   run = lambda reference: inference.run_batched(lambda c, s, k: lmi_batch(c, s, k)[0], ctx,
                                                 reference, key, "lmi")
   if ctx.config.data.pixel_mm > 0:
-    return multiscale.in_content_box(ctx, lmi_reference(ctx, source), run)
-  return run(lmi_reference(ctx, source))
+    translated = multiscale.in_content_box(ctx, lmi_reference(ctx, source), run)
+  else:
+    translated = run(lmi_reference(ctx, source))
+  return source_guided_finish(ctx.config, source, translated)
+
+
+def source_guided_finish(config: ml_collections.ConfigDict, source: np.ndarray,
+                         translated: np.ndarray) -> np.ndarray:
+  """(N, H, W, 1) translations of (N, H, W, 1) sources filtered by `multiscale.guided_filter`
+  with the source as guide (sampling.finish_radius, finish_eps), or unchanged when
+  finish_radius is 0.
+
+  Why: the sampler's output is softer than the source (a few network evaluations at full
+  resolution from a blurred start); each window's least-squares map of the source onto the
+  translation keeps the translation's local contrast and takes the source's edges.
+  """
+  radius = int(config.sampling.finish_radius)
+  if radius == 0:
+    return translated
+  filtered = multiscale.guided_filter(np.asarray(source, np.float32), np.asarray(translated),
+                                      radius, float(config.sampling.finish_eps))
+  return np.clip(filtered, 0.0, 1.0)
 
 
 def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:

@@ -298,6 +298,8 @@ def fast_sampler(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], key: jax.A
 
 # How lmi makes a low-resolution translation full resolution (lmi_jax/multiscale.py).
 LOWRES_REFINES = ("diffusion", "guided", "none")
+# How --mode=sample --input segments a translated scan (lmi_jax/scans.py).
+SCAN_SEGMENTERS = ("model", "joint")
 
 
 def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
@@ -323,6 +325,9 @@ def check_sampling_config(cfg: ml_collections.ConfigDict) -> None:
           "e.g. dpm2m:15, or '' for the low-resolution model's own sampler")
   require(cfg.guided_radius >= 1, "guided_radius", "use a radius of at least 1 pixel")
   require(cfg.guided_eps > 0, "guided_eps", "use a positive ridge")
+  require(cfg.finish_radius >= 0, "finish_radius", "use 0 (none) or a radius in pixels")
+  require(cfg.finish_eps > 0, "finish_eps", "use a positive ridge")
+  require(cfg.scan_segmenter in SCAN_SEGMENTERS, "scan_segmenter", f"choose one of {SCAN_SEGMENTERS}")
 
 
 def parse_sampler(text: str) -> tuple[str, int] | None:

@@ -5,7 +5,8 @@ folder holding one DICOM series, or a glob; several may be given. Every scan is 
 brain (`prepare_scan`): a skull-stripped scan keeps its own, whatever its constant background;
 a raw head has its brain extracted (`lmi_jax.brain_extraction`, data.brain_extraction). The
 brain's axial slices are translated with `lmi`, written back on the input's grid and segmented
-by the model's K-means; a QC picture shows all of it. The model is loaded and compiled once.
+(sampling.scan_segmenter: by the model's K-means, or together with the source); a QC picture
+shows all of it. The model is loaded and compiled once.
 
 Outputs, in WORKDIR/samples/, for an input named <name> (its file name without extension, or
 its folder's for DICOM; inputs of the same name get their parent folders' names in front):
@@ -239,6 +240,22 @@ def load_scan(scan: Scan, config: ml_collections.ConfigDict, out_dir: str) -> Lo
   return LoadedScan(scan, prepared, slices, geometry, score, structure, warning)
 
 
+def scan_labels(config: ml_collections.ConfigDict, segmenter: segmentation.KMeansSegmenter,
+                prepared: PreparedScan, translated: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+  """Tissue labels of a scan's (X, Y, Z) translation on the input's grid, inside (X, Y, Z)
+  `foreground`, by sampling.scan_segmenter: the model's K-means, or (joint) a K-means of the
+  translation and the source together (`segmentation.segment_with_source`), the source
+  normalised as the model's slices are (data.p_lo, data.p_hi). (X, Y, Z) int32."""
+  if config.sampling.scan_segmenter == "model":
+    return segmentation.segment(segmenter, translated[..., None], foreground)
+  source = slicing.normalize(prepared.volume, float(config.data.p_lo), float(config.data.p_hi),
+                             "nonzero")
+  source = nifti.to_file_order(source, prepared.reference)
+  return segmentation.segment_with_source(
+      translated[..., None], source[..., None], foreground, segmenter.k, int(config.seed),
+      int(config.eval.kmeans_max_pixels), int(config.eval.kmeans_n_init))
+
+
 def translate_scan(ctx: methods.Context, segmenter: segmentation.KMeansSegmenter,
                    loaded: LoadedScan, out_dir: str) -> dict:
   """One loaded scan translated, segmented and written (see the module docstring); returns
@@ -262,7 +279,7 @@ def translate_scan(ctx: methods.Context, segmenter: segmentation.KMeansSegmenter
   else:
     volume = nifti.write_translation(translated[..., 0], geometry, out["translated.nii.gz"])
     foreground = masks.above(volume, segmenter.background_threshold)
-  labels = segmentation.segment(segmenter, volume[..., None], foreground)
+  labels = scan_labels(config, segmenter, prepared, volume, foreground)
   nifti.write_like(labels, prepared.reference, out["segmentation.nii.gz"], np.uint8)
   nifti.write_like(brain_file, prepared.reference, out["brainmask.nii.gz"], np.uint8)
   figures.plot_qc(prepared.original, prepared.brain, nifti.to_canonical(volume, prepared.reference),
@@ -270,7 +287,8 @@ def translate_scan(ctx: methods.Context, segmenter: segmentation.KMeansSegmenter
                   nifti.voxel_sizes(prepared.affine), out["qc.png"], title=scan.path)
   record = {"input": os.path.abspath(scan.path), "source_nifti": prepared.reference,
             "brain": prepared.brain_source, "slices": len(slices), "model": chosen.model_folder,
-            "model_step": chosen.step, **report, "contrast_warning": warning}
+            "model_step": chosen.step, "segmenter": config.sampling.scan_segmenter, **report,
+            "contrast_warning": warning}
   if ctx.lowres is not None:
     record.update(lowres_model=ctx.lowres.model_folder, lowres_refine=config.sampling.lowres_refine,
                   pixel_mm=float(config.data.pixel_mm))

@@ -89,17 +89,21 @@ def fit_kmeans(
   return KMeansSegmenter(_centroids(values, k, seed, max_pixels, n_init), float(background_threshold))
 
 
-def _centroids(values: np.ndarray, k: int, seed: int, max_pixels: int,
-               n_init: int) -> tuple[float, ...]:
-  """Ascending centres of the K-means of (M,) intensities, fitted on at most max_pixels of
-  them drawn with `seed`."""
+def _kmeans(points: np.ndarray, k: int, seed: int, max_pixels: int, n_init: int):
+  """A scikit-learn K-means of (M, d) points, fitted on at most max_pixels of them drawn with
+  `seed`."""
   # Imported here: scikit-learn costs seconds of start-up, which a run that ends on a
   # config error should not pay.
   from sklearn.cluster import KMeans
-  rng = np.random.default_rng(seed)
-  if values.size > max_pixels:
-    values = rng.choice(values, size=max_pixels, replace=False)
-  kmeans = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(values[:, None])
+  if len(points) > max_pixels:
+    points = points[np.random.default_rng(seed).choice(len(points), max_pixels, replace=False)]
+  return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(points)
+
+
+def _centroids(values: np.ndarray, k: int, seed: int, max_pixels: int,
+               n_init: int) -> tuple[float, ...]:
+  """Ascending centres of the K-means of (M,) intensities (`_kmeans`)."""
+  kmeans = _kmeans(values[:, None], k, seed, max_pixels, n_init)
   return tuple(float(c) for c in np.sort(kmeans.cluster_centers_[:, 0]))
 
 
@@ -236,6 +240,49 @@ def segment_by_order(
   own = KMeansSegmenter(_centroids(values, k, seed, max_pixels, n_init), WHOLE_SLICE)
   ranks = segment(own, source, foreground)
   return np.asarray((0, *order), np.int32)[ranks]
+
+
+def segment_with_source(
+    translation: np.ndarray,
+    source: np.ndarray,
+    foreground: np.ndarray,
+    k: int,
+    seed: int,
+    max_pixels: int = 200_000,
+    n_init: int = 10,
+) -> np.ndarray:
+  """One volume segmented by a K-means of its translation and its source together, each pixel
+  a point (translated intensity, source intensity), the clusters named by their mean translated
+  intensity.
+
+  The translation says which tissue a cluster is (its target-contrast brightness, so no source
+  tissue order is needed); the source, at its own sharpness, says where boundaries fall.
+
+  Args:
+    translation: (N, H, W, 1) target-contrast slices of one volume in [0, 1].
+    source: (N, H, W, 1) the same slices of the source in [0, 1].
+    foreground: (N, H, W) bool, the pixels clustered and labelled (the brain).
+    k: tissue classes (config `eval.kmeans_clusters`).
+    seed, max_pixels, n_init: as `fit_kmeans`.
+  Returns:
+    (N, H, W) int32 labels: 0 outside `foreground`, else 1..k by ascending mean translation.
+  """
+  translated, slices = as_slices("translation", translation), as_slices("source", source)
+  foreground = np.asarray(foreground, dtype=bool)
+  for name, array in (("source", slices), ("foreground", foreground)):
+    if array.shape != translated.shape:
+      raise InputError(f"{name}: shape {array.shape} does not match the translation's {translated.shape}.")
+  points = np.stack([translated[foreground], slices[foreground]], axis=1)
+  if np.unique(points, axis=0).shape[0] < k:
+    raise InputError(f"translation and source: fewer than {k} distinct intensity pairs in the "
+                     "brain of a volume; it cannot be split into that many tissue classes.")
+  kmeans = _kmeans(points, k, seed, max_pixels, n_init)
+  clusters = kmeans.predict(points)
+  classes = np.empty(k, np.int32)
+  classes[np.argsort(kmeans.cluster_centers_[:, 0])] = np.arange(1, k + 1)
+  labels = np.zeros(translated.shape, np.int32)
+  labels[foreground] = classes[clusters]
+  return labels
 
 
 def labels_to_image(segmenter: KMeansSegmenter, labels: np.ndarray) -> np.ndarray:

@@ -161,6 +161,12 @@ def test_lmi_refines_a_low_resolution_translation(cases, trained_on_cases, tmp_p
       outputs["guided"],
       np.clip(multiscale.guided_filter(reference, outputs["none"], 4, 0.01), 0, 1), atol=1e-5)
   assert np.abs(outputs["diffusion"] - outputs["none"]).mean() > 1e-3
+  # sampling.finish_radius: the result filtered with the source as guide, as its last step.
+  config.sampling.lowres_refine, config.sampling.finish_radius = "none", 2
+  np.testing.assert_allclose(
+      methods.translate_lmi(ctx, source, key),
+      np.clip(multiscale.guided_filter(source, outputs["none"], 2, 0.01), 0, 1), atol=1e-5)
+  config.sampling.finish_radius = 0
   # Two draws of the start are averaged before it is enlarged.
   config.sampling.lowres_samples = 2
   start_key = jax.random.key(1)

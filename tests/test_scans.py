@@ -211,6 +211,32 @@ def test_inputs_without_brain_contrast_warn(brain_3mm):
   assert "one uniform intensity" in scans.contrast_warning(prepared(ball), "x")
 
 
+def test_a_scan_segmented_jointly_takes_its_sources_boundaries(tmp_path):
+  """sampling.scan_segmenter: a soft, noisy T1w-like translation beside its sharp T2w-like
+  source (WM < GM < CSF). The model's K-means of the translation alone mislabels the blurred
+  boundaries; clustered with the source, the true tissues come back, in T1w order."""
+  radius = np.linalg.norm(np.mgrid[:24, :24, :8].transpose(1, 2, 3, 0) - (11.5, 11.5, 3.5), axis=-1)
+  labels = np.select([radius < 4, radius < 7, radius < 10], [3, 2, 1], 0)
+  rng = np.random.default_rng(0)
+  source = np.where(labels > 0, np.array((0, 0.9, 0.55, 0.3))[labels] + 0.01 * rng.standard_normal(labels.shape), 0)
+  soft = ndimage.gaussian_filter(np.array((0, 0.25, 0.5, 0.7))[labels], 1.0)
+  translation = np.clip(soft + 0.04 * rng.standard_normal(labels.shape), 0, 1) * (labels > 0)
+  affine = np.diag([1.0, 1.0, 1.0, 1.0])
+  path = save(tmp_path / "t2.nii.gz", source, affine)
+  prepared = scans.PreparedScan(path, source, source, affine, labels > 0, "skull-stripped")
+  config = default.get_config()
+  config.eval.kmeans_n_init = 3
+  segmenter = segmentation.KMeansSegmenter((0.25, 0.5, 0.7), 0.05)
+  brain = labels > 0
+  right = {}
+  for name in ("model", "joint"):
+    config.sampling.scan_segmenter = name
+    found = scans.scan_labels(config, segmenter, prepared, translation, brain)
+    np.testing.assert_array_equal(found[~brain], 0)
+    right[name] = np.mean(found[brain] == labels[brain])
+  assert right["joint"] > 0.97 and right["model"] < right["joint"] - 0.05, right
+
+
 @pytest.mark.parametrize("mask", ["none", "foreground"])
 def test_a_whole_scan_is_translated_with_its_background(brain_3mm, tmp_path, monkeypatch, mask):
   """With a model of whole scans (data.mask "none" or "foreground", not skull-stripped), a raw
