@@ -166,6 +166,11 @@ def test_lmi_refines_a_low_resolution_translation(cases, trained_on_cases, tmp_p
   np.testing.assert_allclose(
       methods.translate_lmi(ctx, source, key),
       np.clip(multiscale.guided_filter(source, outputs["none"], 2, 0.01), 0, 1), atol=1e-5)
+  for key, bad in (("finish_radius", -1), ("finish_eps", 0.0), ("scan_segmenter", "fast")):
+    good, config.sampling[key] = config.sampling[key], bad
+    with pytest.raises(InputError, match=f"sampling.{key}={bad!r}"):
+      settings.check_config(config)
+    config.sampling[key] = good
   config.sampling.finish_radius = 0
   # Two draws of the start are averaged before it is enlarged.
   config.sampling.lowres_samples = 2
