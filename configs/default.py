@@ -158,8 +158,8 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.lowres_t0 = 0.4  # diffusion: the time its enlarged translation is noised to (VE sigma_min (sigma_max / sigma_min)^t0).
   sampling.guided_radius = 4  # guided: window radius in pixels.
   sampling.guided_eps = 0.01  # guided: ridge on the window's linear map (in squared intensity units; larger is smoother).
-  sampling.finish_radius = 0  # >0: lmi's last step, a guided filter (He et al. 2013) of its translation by the source with this window radius in pixels: the source's edges at the translation's local contrast (0: none).
-  sampling.finish_eps = 0.01  # finish: ridge on the window's linear map (in squared intensity units; larger is smoother).
+  sampling.finish_radius = 0  # >0: lmi's last step, a guided filter (He et al. 2013) of its translation by the source with this window radius in pixels: the sampler's texture averaged where the source is flat, the source's edges followed where not (0: none).
+  sampling.finish_eps = 0.01  # finish: ridge on the window's linear map, the source variance below which it averages (squared intensity units).
   sampling.scan_segmenter = "model"  # How --mode=sample --input segments a translated scan: model (the model's K-means, fitted on target slices) | joint (a K-means of translation and source together per scan, named by the translation; lmi_jax/segmentation.py).
   sampling.faint_reference_map = ""  # lmi.reference_map of the sources the faint/ model translates ("": lmi.reference_map; flat_equalize: more Dice at faint contrast, less with noise).
 

@@ -167,9 +167,10 @@ def source_guided_finish(config: ml_collections.ConfigDict, source: np.ndarray,
   with the source as guide (sampling.finish_radius, finish_eps), or unchanged when
   finish_radius is 0.
 
-  Why: the sampler's output is softer than the source (a few network evaluations at full
-  resolution from a blurred start); each window's least-squares map of the source onto the
-  translation keeps the translation's local contrast and takes the source's edges.
+  Why: the sampler leaves a texture of its noise that is not anatomy. Each window's
+  least-squares map of the source onto the translation averages it away where the source is
+  flat (local variance below finish_eps) and follows the source's edges where it is not,
+  keeping the translation's contrast (docs/results.md, "A guided filter by the source").
   """
   radius = int(config.sampling.finish_radius)
   if radius == 0:
