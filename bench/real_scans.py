@@ -243,7 +243,8 @@ def main(argv: list[str]) -> None:
           int(config.eval.kmeans_clusters), int(config.seed))
       entry["rows"]["lmi_joint"] = score(None, np.moveaxis(labels, 0, 2), truth_n, truth_labels,
                                          brain, outside, case.labels)
-      entry["rows"]["lmi_joint"]["seconds"] = seconds["lmi"] + time.time() - start
+      entry["rows"]["lmi_joint"]["seconds"] = (None if seconds["lmi"] is None
+                                               else seconds["lmi"] + time.time() - start)
     if "identity" in args.rows:
       entry["rows"]["identity"] = score(source_n, seg(full_segmenter, source_n), truth_n,
                                         truth_labels, brain, outside, case.labels)
