@@ -150,14 +150,14 @@ def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarra
     start_key, key = jax.random.split(key)
     start = multiscale.lowres_start(ctx, source, start_key, translate_lmi)
     translated = multiscale.refine(ctx, lmi_reference(ctx, source), start, key)
-    return source_guided_finish(ctx.config, source, translated)
-  ctx = lmi_model(ctx, source)
-  run = lambda reference: inference.run_batched(lambda c, s, k: lmi_batch(c, s, k)[0], ctx,
-                                                reference, key, "lmi")
-  if ctx.config.data.pixel_mm > 0:
-    translated = multiscale.in_content_box(ctx, lmi_reference(ctx, source), run)
   else:
-    translated = run(lmi_reference(ctx, source))
+    ctx = lmi_model(ctx, source)
+    run = lambda reference: inference.run_batched(lambda c, s, k: lmi_batch(c, s, k)[0], ctx,
+                                                  reference, key, "lmi")
+    if ctx.config.data.pixel_mm > 0:
+      translated = multiscale.in_content_box(ctx, lmi_reference(ctx, source), run)
+    else:
+      translated = run(lmi_reference(ctx, source))
   return source_guided_finish(ctx.config, source, translated)
 
 
@@ -175,8 +175,8 @@ def source_guided_finish(config: ml_collections.ConfigDict, source: np.ndarray,
   radius = int(config.sampling.finish_radius)
   if radius == 0:
     return translated
-  filtered = multiscale.guided_filter(np.asarray(source, np.float32), np.asarray(translated),
-                                      radius, float(config.sampling.finish_eps))
+  filtered = multiscale.guided_filter(source, translated, radius,
+                                      float(config.sampling.finish_eps))
   return np.clip(filtered, 0.0, 1.0)
 
 

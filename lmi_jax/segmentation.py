@@ -273,7 +273,10 @@ def segment_with_source(
     if array.shape != translated.shape:
       raise InputError(f"{name}: shape {array.shape} does not match the translation's {translated.shape}.")
   points = np.stack([translated[foreground], slices[foreground]], axis=1)
-  if np.unique(points, axis=0).shape[0] < k:
+  # A column with k distinct values makes k distinct pairs; the pairs' own unique (a sort of
+  # millions of rows, seconds) is needed only when neither column has.
+  per_column = max(np.unique(points[:, 0]).size, np.unique(points[:, 1]).size)
+  if per_column < k and np.unique(points, axis=0).shape[0] < k:
     raise InputError(f"translation and source: fewer than {k} distinct intensity pairs in the "
                      "brain of a volume; it cannot be split into that many tissue classes.")
   kmeans = _kmeans(points, k, seed, max_pixels, n_init)

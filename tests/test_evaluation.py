@@ -414,6 +414,9 @@ def test_joint_kmeans_takes_boundaries_from_the_source_and_names_from_the_transl
   assert np.mean(alone[brain] == labels[brain]) < 0.93
   with pytest.raises(InputError, match="source: shape"):
     segmentation.segment_with_source(translation, translation[:2], brain, 3, seed=0)
+  two_pairs = np.where(labels > 1, 0.6, 0.3)[..., None]  # Two tissues, the same in both.
+  with pytest.raises(InputError, match="fewer than 3 distinct intensity pairs"):
+    segmentation.segment_with_source(two_pairs, two_pairs, brain, 3, seed=0)
 
 
 def test_best_naming_tries_every_renaming():
