@@ -6,13 +6,16 @@ start shared by all, so their differences are paired:
 
 Rows: the low-resolution model's translation enlarged (`none`), made full resolution by the
 guided filter over a small grid of radius and ridge, by LMI-guided diffusion from a few start
-times and with other samplers or budgets (`--samplers`), from fewer or more averaged
-low-resolution draws (`--draws`), and lmi at full resolution from the prior (no
-low-resolution start); source_kmeans and identity beside them. Scores as `--mode=eval`
-(Dice, PSNR, SSIM, edge correlation, inside the brain), with the paired difference to
-`--paired_to` and its standard error across slices; network evaluations per slice at full
-and at low resolution; seconds per slice. Prints one Markdown table. The sampler budget of
-issue 27 was chosen with
+times, with other samplers or budgets (`--samplers`) or guidance scales (`--guidance_scales`),
+from fewer or more averaged low-resolution draws (`--draws`) or draws by other samplers or
+guidance scales (`--lowres_samplers`, `--lowres_guidance_scales`), and lmi at full resolution
+from the prior (no low-resolution start); source_kmeans and identity beside them. With
+`--finish` the diffusion rows end with the config's guided filter, as lmi does. Scores as
+`--mode=eval` (Dice, PSNR, SSIM, edge correlation, inside the brain), with the paired
+difference to `--paired_to` and its standard error across slices; network evaluations per
+slice at full and at low resolution (a guidance scale other than 1 makes each two network
+calls); seconds per slice. Prints one Markdown table. The sampler budget of issue 27 was
+chosen with
 
   python bench/full_res_designs.py --config=configs/real_t1.py --workdir=runs/designs \
       --config.eval.split=val --config.eval.max_slices=40 --t0=0.7 --guided= --from_prior=false \
@@ -23,6 +26,7 @@ import dataclasses
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -44,6 +48,14 @@ flags.DEFINE_list("draws", [], "Numbers of low-resolution draws averaged, beside
                   "(rows: enlarged, and diffusion with the config's sampler).")
 flags.DEFINE_list("lowres_samplers", [], "method:nfe of the low-resolution draws of extra rows "
                   "(the config's number of draws, refined as the config does), e.g. dpm2m:15.")
+flags.DEFINE_list("lowres_guidance_scales", [], "LMI guidance scales of the low-resolution "
+                  "draws of extra rows, in place of that model's own sampling.guidance_scale "
+                  "(refined as the config does), e.g. 2.")
+flags.DEFINE_list("guidance_scales", [], "LMI guidance scales of diffusion rows beside the "
+                  "config's (sampling.guidance_scale; above 1 each step also calls the network "
+                  "without LMI), e.g. 1.5,2.")
+flags.DEFINE_bool("finish", False, "End the diffusion rows with the config's guided finish "
+                  "(sampling.finish_radius; `methods.source_guided_finish`), as lmi does.")
 flags.DEFINE_string("paired_to", "none", "Row the paired differences are taken against.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -80,6 +92,8 @@ def main(argv: list[str]) -> None:
     cfg.sampling.update(settings)
     began = time.time()
     out = multiscale.refine(dataclasses.replace(ctx, config=cfg), reference, starts[d], refine_key)
+    if flags.FLAGS.finish and cfg.sampling.lowres_refine == "diffusion":
+      out = methods.source_guided_finish(cfg, source, out)
     seconds[name] = d * per_draw + time.time() - began
     outputs[name] = methods.inside_source_brain(config, source, out)
     full = (sampling.network_evaluations(cfg.sampling, float(cfg.sampling.lowres_t0))
@@ -97,22 +111,34 @@ def main(argv: list[str]) -> None:
     t0 = float(t0[0]) if t0 else float(config.sampling.lowres_t0)
     run(f"diffusion {method} nfe={count} t0={t0:g}", lowres_refine="diffusion", method=method,
         nfe=int(count), lowres_t0=t0)
+  for scale in flags.FLAGS.guidance_scales:
+    run(f"diffusion guidance_scale={scale}", lowres_refine="diffusion",
+        guidance_scale=float(scale))
   for d in counts:
     if d != configured:
       run(f"diffusion, {d} draws", d, lowres_refine="diffusion")
-  for item in flags.FLAGS.lowres_samplers:
-    lowres_config = ctx.lowres.config.copy_and_resolve_references()
-    sampling.set_sampler(lowres_config.sampling, item)
+
+  def run_lowres(name: str, lowres_config: ml_collections.ConfigDict) -> None:
     lowres = dataclasses.replace(ctx.lowres, config=lowres_config, runners=None)
-    name = f"diffusion, draws by {item}"
     began = time.time()
     start = multiscale.lowres_start(dataclasses.replace(ctx, lowres=lowres), source, start_key,
                                     methods.translate_lmi)
     out = multiscale.refine(ctx, reference, start, refine_key)
+    if flags.FLAGS.finish:
+      out = methods.source_guided_finish(config, source, out)
     seconds[name] = time.time() - began
     outputs[name] = methods.inside_source_brain(config, source, out)
     nfe[name] = (sampling.network_evaluations(config.sampling, float(config.sampling.lowres_t0)),
                  configured * sampling.network_evaluations(lowres_config.sampling))
+
+  for item in flags.FLAGS.lowres_samplers:
+    lowres_config = ctx.lowres.config.copy_and_resolve_references()
+    sampling.set_sampler(lowres_config.sampling, item)
+    run_lowres(f"diffusion, draws by {item}", lowres_config)
+  for scale in flags.FLAGS.lowres_guidance_scales:
+    lowres_config = ctx.lowres.config.copy_and_resolve_references()
+    lowres_config.sampling.guidance_scale = float(scale)
+    run_lowres(f"diffusion, draws with guidance_scale={scale}", lowres_config)
   if flags.FLAGS.from_prior:
     configured_sampler = f"{config.sampling.method}:{config.sampling.nfe}"
     for item in dict.fromkeys([configured_sampler, *flags.FLAGS.prior_samplers]):
