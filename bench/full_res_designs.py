@@ -87,13 +87,19 @@ def main(argv: list[str]) -> None:
     seconds[name], nfe[name] = d * per_draw, (0, d * lowres_nfe)
   reference = methods.lmi_reference(ctx, source)
 
+  def finished(cfg: ml_collections.ConfigDict, out: np.ndarray) -> np.ndarray:
+    """A diffusion row's output ended as lmi ends it (`methods.source_guided_finish`) with
+    --finish; other rows, or without the flag, as they are."""
+    if flags.FLAGS.finish and cfg.sampling.lowres_refine == "diffusion":
+      return methods.source_guided_finish(cfg, source, out)
+    return out
+
   def run(name: str, d: int = configured, **settings) -> None:
     cfg = config.copy_and_resolve_references()
     cfg.sampling.update(settings)
     began = time.time()
-    out = multiscale.refine(dataclasses.replace(ctx, config=cfg), reference, starts[d], refine_key)
-    if flags.FLAGS.finish and cfg.sampling.lowres_refine == "diffusion":
-      out = methods.source_guided_finish(cfg, source, out)
+    out = finished(cfg, multiscale.refine(dataclasses.replace(ctx, config=cfg), reference,
+                                          starts[d], refine_key))
     seconds[name] = d * per_draw + time.time() - began
     outputs[name] = methods.inside_source_brain(config, source, out)
     full = (sampling.network_evaluations(cfg.sampling, float(cfg.sampling.lowres_t0))
@@ -123,9 +129,7 @@ def main(argv: list[str]) -> None:
     began = time.time()
     start = multiscale.lowres_start(dataclasses.replace(ctx, lowres=lowres), source, start_key,
                                     methods.translate_lmi)
-    out = multiscale.refine(ctx, reference, start, refine_key)
-    if flags.FLAGS.finish:
-      out = methods.source_guided_finish(config, source, out)
+    out = finished(config, multiscale.refine(ctx, reference, start, refine_key))
     seconds[name] = time.time() - began
     outputs[name] = methods.inside_source_brain(config, source, out)
     nfe[name] = (sampling.network_evaluations(config.sampling, float(config.sampling.lowres_t0)),
