@@ -6,9 +6,10 @@ start shared by all, so their differences are paired:
 
 Rows: the low-resolution model's translation enlarged (`none`), made full resolution by the
 guided filter over a small grid of radius and ridge, by LMI-guided diffusion from a few start
-times, with other samplers or budgets (`--samplers`) or guidance scales (`--guidance_scales`),
-from fewer or more averaged low-resolution draws (`--draws`) or draws by other samplers or
-guidance scales (`--lowres_samplers`, `--lowres_guidance_scales`), and lmi at full resolution
+times, with other samplers or budgets (`--samplers`), guidance scales (`--guidance_scales`) or
+full-resolution models (`--priors`), from fewer or more averaged low-resolution draws
+(`--draws`) or draws by other samplers or guidance scales (`--lowres_samplers`,
+`--lowres_guidance_scales`), and lmi at full resolution
 from the prior (no low-resolution start); source_kmeans and identity beside them. With
 `--finish` the diffusion rows end with the config's guided filter, as lmi does. Scores as
 `--mode=eval` (Dice, PSNR, SSIM, edge correlation, inside the brain), with the paired
@@ -31,7 +32,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import host, methods, multiscale, sampling, translate
+from lmi_jax import checkpoints, host, methods, multiscale, sampling, translate
 
 config_flags.DEFINE_config_file("config", None, "A config with sampling.lowres_model set.",
                                 lock_config=False)
@@ -54,6 +55,9 @@ flags.DEFINE_list("lowres_guidance_scales", [], "LMI guidance scales of the low-
 flags.DEFINE_list("guidance_scales", [], "LMI guidance scales of diffusion rows beside the "
                   "config's (sampling.guidance_scale; above 1 each step also calls the network "
                   "without LMI), e.g. 1.5,2.")
+flags.DEFINE_list("priors", [], "Run folders of other full-resolution models (each its latest "
+                  "checkpoint's EMA parameters) for diffusion rows beside the config's model, "
+                  "e.g. a longer-trained prior.")
 flags.DEFINE_bool("finish", False, "End the diffusion rows with the config's guided finish "
                   "(sampling.finish_radius; `methods.source_guided_finish`), as lmi does.")
 flags.DEFINE_string("paired_to", "none", "Row the paired differences are taken against.")
@@ -94,11 +98,11 @@ def main(argv: list[str]) -> None:
       return methods.source_guided_finish(cfg, source, out)
     return out
 
-  def run(name: str, d: int = configured, **settings) -> None:
+  def run(name: str, d: int = configured, model: methods.Context = ctx, **settings) -> None:
     cfg = config.copy_and_resolve_references()
     cfg.sampling.update(settings)
     began = time.time()
-    out = finished(cfg, multiscale.refine(dataclasses.replace(ctx, config=cfg), reference,
+    out = finished(cfg, multiscale.refine(dataclasses.replace(model, config=cfg), reference,
                                           starts[d], refine_key))
     seconds[name] = d * per_draw + time.time() - began
     outputs[name] = methods.inside_source_brain(config, source, out)
@@ -123,6 +127,10 @@ def main(argv: list[str]) -> None:
   for d in counts:
     if d != configured:
       run(f"diffusion, {d} draws", d, lowres_refine="diffusion")
+  for folder in flags.FLAGS.priors:
+    variables, step = checkpoints.restore_model(config, folder)
+    run(f"diffusion, prior {folder} step {step}",
+        model=dataclasses.replace(ctx, variables=variables, step=step), lowres_refine="diffusion")
 
   def run_lowres(name: str, lowres_config: ml_collections.ConfigDict) -> None:
     lowres = dataclasses.replace(ctx.lowres, config=lowres_config, runners=None)

@@ -72,11 +72,17 @@ def export(config: ml_collections.ConfigDict, config_path: str, workdir: str,
            out_dir: str, dtype: str = "float32") -> dict:
   """Writes the latest EMA parameters of `workdir` and their config into `out_dir`
   (`write_model`), with the K-means fitted on the target training slices (`segmenter`), which
-  `--mode=sample --input=` segments with. Returns the metadata."""
+  `--mode=sample --input=` segments with. A run fine-tuned from a shipped model
+  (`training.init_from`) records that model's folder and training step under "init_from", as
+  "step" counts this run's steps only. Returns the metadata."""
   variables, step = checkpoints.restore_ema_params(config, workdir)
   segmenter = segmentation.fit_segmenter(config, load_dataset(config, workdir)["train"]["target"])
   meta = {"step": int(step), "source_workdir": os.path.relpath(workdir),
           "segmenter": dataclasses.asdict(segmenter)}
+  if config.training.init_from:
+    start = checkpoints.resolve_folder(config.training.init_from)
+    meta["init_from"] = {"folder": config.training.init_from,
+                         "step": int(checkpoints.read_meta(start)["step"])}
   return write_model(variables["params"], config_path, meta, out_dir, dtype)
 
 

@@ -393,3 +393,10 @@ def test_init_from_starts_a_fresh_run_at_the_shipped_parameters(reference, tmp_p
   with pytest.raises(InputError, match="training.init_from"):
     train.train_score_model(tiny_config(training__init_from=str(tmp_path / "none")),
                             str(tmp_path / "run2"))
+  # Its export counts its own steps and records where it started.
+  config = tiny_config(training__num_steps=1, training__init_from=folder)
+  train.train_score_model(config, str(tmp_path / "tuned"))
+  meta = pretrained.export(config, os.path.join(ROOT, "configs", "tiny.py"),
+                           str(tmp_path / "tuned"), str(tmp_path / "fine_tuned"))
+  assert meta["step"] == 1 and meta["init_from"] == {"folder": folder, "step": 3}
+  assert checkpoints.read_meta(str(tmp_path / "fine_tuned"))["init_from"]["step"] == 3
