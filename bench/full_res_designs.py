@@ -8,8 +8,8 @@ Rows: the low-resolution model's translation enlarged (`none`), made full resolu
 guided filter over a small grid of radius and ridge, by LMI-guided diffusion from a few start
 times, with other samplers or budgets (`--samplers`), guidance scales (`--guidance_scales`) or
 full-resolution models (`--priors`), from fewer or more averaged low-resolution draws
-(`--draws`) or draws by other samplers or guidance scales (`--lowres_samplers`,
-`--lowres_guidance_scales`), and lmi at full resolution
+(`--draws`) or draws by other samplers, guidance scales or models (`--lowres_samplers`,
+`--lowres_guidance_scales`, `--lowres_models`), and lmi at full resolution
 from the prior (no low-resolution start); source_kmeans and identity beside them. With
 `--finish` the diffusion rows end with the config's guided filter, as lmi does. Scores as
 `--mode=eval` (Dice, PSNR, SSIM, edge correlation, inside the brain), with the paired
@@ -52,6 +52,9 @@ flags.DEFINE_list("lowres_samplers", [], "method:nfe of the low-resolution draws
 flags.DEFINE_list("lowres_guidance_scales", [], "LMI guidance scales of the low-resolution "
                   "draws of extra rows, in place of that model's own sampling.guidance_scale "
                   "(refined as the config does), e.g. 2.")
+flags.DEFINE_list("lowres_models", [], "Shipped folders of other low-resolution models "
+                  "(python -m lmi_jax.pretrained) whose draws start extra rows, refined as the "
+                  "config does, e.g. a 64 px model trained on more T1w.")
 flags.DEFINE_list("guidance_scales", [], "LMI guidance scales of diffusion rows beside the "
                   "config's (sampling.guidance_scale; above 1 each step also calls the network "
                   "without LMI), e.g. 1.5,2.")
@@ -132,8 +135,8 @@ def main(argv: list[str]) -> None:
     run(f"diffusion, prior {folder} step {step}",
         model=dataclasses.replace(ctx, variables=variables, step=step), lowres_refine="diffusion")
 
-  def run_lowres(name: str, lowres_config: ml_collections.ConfigDict) -> None:
-    lowres = dataclasses.replace(ctx.lowres, config=lowres_config, runners=None)
+  def run_lowres(name: str, lowres: methods.Context) -> None:
+    lowres_config = lowres.config
     began = time.time()
     start = multiscale.lowres_start(dataclasses.replace(ctx, lowres=lowres), source, start_key,
                                     methods.translate_lmi)
@@ -146,11 +149,18 @@ def main(argv: list[str]) -> None:
   for item in flags.FLAGS.lowres_samplers:
     lowres_config = ctx.lowres.config.copy_and_resolve_references()
     sampling.set_sampler(lowres_config.sampling, item)
-    run_lowres(f"diffusion, draws by {item}", lowres_config)
+    run_lowres(f"diffusion, draws by {item}",
+               dataclasses.replace(ctx.lowres, config=lowres_config, runners=None))
   for scale in flags.FLAGS.lowres_guidance_scales:
     lowres_config = ctx.lowres.config.copy_and_resolve_references()
     lowres_config.sampling.guidance_scale = float(scale)
-    run_lowres(f"diffusion, draws with guidance_scale={scale}", lowres_config)
+    run_lowres(f"diffusion, draws with guidance_scale={scale}",
+               dataclasses.replace(ctx.lowres, config=lowres_config, runners=None))
+  for folder in flags.FLAGS.lowres_models:
+    cfg = config.copy_and_resolve_references()
+    cfg.sampling.lowres_model = folder
+    lowres = multiscale.load_lowres(dataclasses.replace(ctx, config=cfg)).lowres
+    run_lowres(f"diffusion, draws by {folder} step {lowres.step}", lowres)
   if flags.FLAGS.from_prior:
     configured_sampler = f"{config.sampling.method}:{config.sampling.nfe}"
     for item in dict.fromkeys([configured_sampler, *flags.FLAGS.prior_samplers]):
