@@ -136,7 +136,6 @@ def main(argv: list[str]) -> None:
         model=dataclasses.replace(ctx, variables=variables, step=step), lowres_refine="diffusion")
 
   def run_lowres(name: str, lowres: methods.Context) -> None:
-    lowres_config = lowres.config
     began = time.time()
     start = multiscale.lowres_start(dataclasses.replace(ctx, lowres=lowres), source, start_key,
                                     methods.translate_lmi)
@@ -144,7 +143,7 @@ def main(argv: list[str]) -> None:
     seconds[name] = time.time() - began
     outputs[name] = methods.inside_source_brain(config, source, out)
     nfe[name] = (sampling.network_evaluations(config.sampling, float(config.sampling.lowres_t0)),
-                 configured * sampling.network_evaluations(lowres_config.sampling))
+                 configured * sampling.network_evaluations(lowres.config.sampling))
 
   for item in flags.FLAGS.lowres_samplers:
     lowres_config = ctx.lowres.config.copy_and_resolve_references()
