@@ -131,7 +131,7 @@ def main(argv: list[str]) -> None:
     if d != configured:
       run(f"diffusion, {d} draws", d, lowres_refine="diffusion")
   for folder in flags.FLAGS.priors:
-    variables, step = checkpoints.restore_model(config, folder)
+    variables, step = checkpoints.restore_ema_params(config, folder)
     run(f"diffusion, prior {folder} step {step}",
         model=dataclasses.replace(ctx, variables=variables, step=step), lowres_refine="diffusion")
 
@@ -145,16 +145,20 @@ def main(argv: list[str]) -> None:
     nfe[name] = (sampling.network_evaluations(config.sampling, float(config.sampling.lowres_t0)),
                  configured * sampling.network_evaluations(lowres.config.sampling))
 
+  def lowres_with(**settings) -> methods.Context:
+    """The low-resolution context with a copy of its config, its sampling settings updated,
+    and its samplers compiled afresh."""
+    lowres_config = ctx.lowres.config.copy_and_resolve_references()
+    lowres_config.sampling.update(settings)
+    return dataclasses.replace(ctx.lowres, config=lowres_config, runners=None)
+
   for item in flags.FLAGS.lowres_samplers:
-    lowres_config = ctx.lowres.config.copy_and_resolve_references()
-    sampling.set_sampler(lowres_config.sampling, item)
-    run_lowres(f"diffusion, draws by {item}",
-               dataclasses.replace(ctx.lowres, config=lowres_config, runners=None))
+    lowres = lowres_with()
+    sampling.set_sampler(lowres.config.sampling, item)
+    run_lowres(f"diffusion, draws by {item}", lowres)
   for scale in flags.FLAGS.lowres_guidance_scales:
-    lowres_config = ctx.lowres.config.copy_and_resolve_references()
-    lowres_config.sampling.guidance_scale = float(scale)
     run_lowres(f"diffusion, draws with guidance_scale={scale}",
-               dataclasses.replace(ctx.lowres, config=lowres_config, runners=None))
+               lowres_with(guidance_scale=float(scale)))
   for folder in flags.FLAGS.lowres_models:
     cfg = config.copy_and_resolve_references()
     cfg.sampling.lowres_model = folder
