@@ -19,7 +19,8 @@ translation segmented together with the source, `segmentation.segment_with_sourc
 FLAIR, so it is a ceiling for FLAIR only); source_kmeans (the source's own 3-class K-means,
 clusters named by the contrast's textbook tissue order, ORDERS); source_kmeans_best (the same
 clusters named the way that fits the true T1w best, per volume: an upper bound that needs the
-truth); identity (the normalised source).
+truth); site_supervised (not zero-shot: a ceiling of what the source's local information can
+give a translation, `site_supervised_volumes`); identity (the normalised source).
 
 Scores inside the brain (truth and source non-zero): Dice of the three tissue classes between
 a row's segmentation and the true T1w segmented by the same model's K-means (source_kmeans:
@@ -43,7 +44,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmi_jax import evaluation, host, methods, metrics, model_store, scans, segmentation, translate
+from lmi_jax import (evaluation, host, local_regression, methods, metrics, model_store, scans,
+                     segmentation, translate)
 from lmi_jax.data import dataset, nifti, pairs
 from lmi_jax.data import slices as slicing
 from lmi_jax.files import atomic_path
@@ -60,7 +62,8 @@ flags.DEFINE_enum("brats_split", "test", ["val", "test"], "brats: the split's pa
 flags.DEFINE_list("patients", [], "Ljubljana patients to run (folder names; empty: all).")
 flags.DEFINE_list("contrasts", ["T2", "FLAIR"], "Ljubljana source contrasts to run.")
 flags.DEFINE_list("rows", ["lmi", "lmi_joint", "lmi_64px", "cyclegan", "supervised",
-                           "source_kmeans", "identity"], "Rows to compute (lmi_joint needs lmi).")
+                           "source_kmeans", "site_supervised", "identity"],
+                  "Rows to compute (lmi_joint needs lmi).")
 flags.DEFINE_bool("reuse", False, "Score the translations an earlier run left in the workdir "
                   "and translate only the missing ones (timed alone).")
 flags.mark_flags_as_required(["config", "lowres_config", "workdir"])
@@ -158,6 +161,52 @@ def baseline_volumes(config: ml_collections.ConfigDict, workdir: str, name: str,
   return out, (time.time() - start) / len(cases)
 
 
+def case_arrays(case: Case, config: ml_collections.ConfigDict
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A case's source and true T1w, canonical (X, Y, Z) and normalised as `config` normalises
+  slices, and the brain both cover (bool)."""
+  source, _ = nifti.load_volume(case.source)
+  truth, _ = nifti.load_volume(case.truth)
+  norm = lambda v: slicing.normalize(v, config.data.p_lo, config.data.p_hi, "nonzero")
+  return norm(source), norm(truth), (source != 0) & (truth != 0)
+
+
+def site_supervised_volumes(cases: list[Case], arrays: dict[str, tuple], seed: int
+                            ) -> tuple[dict[str, np.ndarray], float]:
+  """A supervised translator per case, fitted on the other volumes of its set and contrast
+  (leave one volume out; a set with one volume is split at its left-right midline and each
+  half predicted by a fit on the other, which flatters a symmetric average): the regression of
+  `local_regression` (boosted trees on the source's per-slice local features) fitted to the
+  normalised true T1w instead of a translation, as REPLICA does with random forests (Jog et
+  al., Medical Image Analysis 2017). Not zero-shot: it sees true T1w of the same site and
+  contrast, so it bounds what the source's local appearance can give a translation.
+  name -> canonical volume (0 outside the brain); s per volume."""
+  start, out = time.time(), {}
+  axial = lambda v: np.moveaxis(v, 2, 0)
+  features = {c.name: local_regression.local_features(axial(arrays[c.name][0]),
+                                                      axial(arrays[c.name][2])) for c in cases}
+  targets = {c.name: axial(arrays[c.name][1])[axial(arrays[c.name][2])] for c in cases}
+  for case in cases:
+    brain = axial(arrays[case.name][2])
+    others = [c.name for c in cases if c.set == case.set and c.contrast == case.contrast
+              and c.name != case.name]
+    values = np.zeros(int(brain.sum()), np.float32)
+    if others:
+      model = local_regression.fit_regressor(np.concatenate([features[n] for n in others]),
+                                             np.concatenate([targets[n] for n in others]), seed)
+      values[:] = model.predict(features[case.name])
+    else:
+      left = (np.indices(brain.shape)[1] < brain.shape[1] // 2)[brain]
+      for half in (left, ~left):
+        model = local_regression.fit_regressor(features[case.name][~half],
+                                               targets[case.name][~half], seed)
+        values[half] = model.predict(features[case.name][half])
+    predicted = np.zeros(brain.shape, np.float32)
+    predicted[brain] = values
+    out[case.name] = np.moveaxis(predicted, 0, 2)
+  return out, (time.time() - start) / len(cases)
+
+
 def score(volume: np.ndarray | None, labels: np.ndarray, truth: np.ndarray,
           truth_labels: np.ndarray, brain: np.ndarray, outside: np.ndarray | None,
           true_tissue: np.ndarray | None) -> dict:
@@ -201,13 +250,14 @@ def main(argv: list[str]) -> None:
       volumes[row], seconds[row] = baseline_volumes(lowres, row_dir(row), row, cases)
       segmenters[row] = model_store.stored_segmenter(lowres, row_dir("lmi_64px"))
   full_segmenter = model_store.stored_segmenter(config, row_dir("lmi"))
+  arrays = {c.name: case_arrays(c, config) for c in cases}
+  if "site_supervised" in args.rows:
+    volumes["site_supervised"], seconds["site_supervised"] = site_supervised_volumes(
+        cases, arrays, int(config.seed))
+    segmenters["site_supervised"] = full_segmenter
   results = []
   for case in cases:
-    source, _ = nifti.load_volume(case.source)
-    truth, _ = nifti.load_volume(case.truth)
-    brain = (source != 0) & (truth != 0)
-    norm = lambda v: slicing.normalize(v, config.data.p_lo, config.data.p_hi, "nonzero")
-    truth_n, source_n = norm(truth), norm(source)
+    source_n, truth_n, brain = arrays[case.name]
     outside = None
     if case.outside:
       outside = nifti.load_volume(case.outside, allow_constant=True)[0] != 0

@@ -160,6 +160,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.guided_eps = 0.01  # guided: ridge on the window's linear map (in squared intensity units; larger is smoother).
   sampling.finish_radius = 0  # >0: lmi's last step, a guided filter (He et al. 2013) of its translation by the source with this window radius in pixels: the sampler's texture averaged where the source is flat, the source's edges followed where not (0: none).
   sampling.finish_eps = 0.01  # finish: ridge on the window's linear map, the source variance below which it averages (squared intensity units).
+  sampling.regress_on_source = False  # True: lmi's very last step replaces its translation inside the brain by one regression of it on the source's local features, fitted per stack of slices (lmi_jax/local_regression.py; zero-shot: the target is the translation itself).
   sampling.scan_segmenter = "model"  # How --mode=sample --input segments a translated scan: model (the model's K-means, fitted on target slices) | joint (a K-means of translation and source together per scan, named by the translation; lmi_jax/segmentation.py).
   sampling.faint_reference_map = ""  # lmi.reference_map of the sources the faint/ model translates ("": lmi.reference_map; flat_equalize: more Dice at faint contrast, less with noise).
 

@@ -16,6 +16,8 @@ The rules differ because the images do, and each says which images it is for:
 - `labelled`: pixels that a ground-truth label map gives a tissue class.
 - `from_priors`: voxels whose tissue probability maps (grey, white, CSF) sum above 0.5.
 
+`brain_mean` averages an image over a brain's pixels only, so its background never leaks in.
+
 Which one the data call for is chosen by data.mask where a volume is read
 (`lmi_jax.data.slices.brain`) and where slices are scored (`lmi_jax.methods.brain_region`).
 """
@@ -73,3 +75,14 @@ def from_priors(priors: np.ndarray) -> np.ndarray:
   """(X, Y, Z) bool: where (T, X, Y, Z) tissue probability maps in [0, 1] sum above 0.5,
   i.e. where tissue is likelier than background."""
   return np.sum(priors, axis=0) > 0.5
+
+
+def brain_mean(image: np.ndarray, brain: np.ndarray,
+               sigma: float | tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """The Gaussian-weighted mean of an image of any shape over its `brain` pixels only
+  (normalised convolution, width sigma pixels or one width per axis, scipy's 4-sigma
+  truncation, reflected edges), and the brain's share of each window; both float64 of the
+  image's shape. Where a window holds no brain the mean is 0."""
+  weight = ndimage.gaussian_filter(brain.astype(np.float64), sigma)
+  total = ndimage.gaussian_filter(np.where(brain, image, 0.0).astype(np.float64), sigma)
+  return total / np.maximum(weight, 1e-12), weight

@@ -38,8 +38,8 @@ from absl import logging
 from flax import linen as nn
 from skimage import exposure
 
-from lmi_jax import (inference, lmi, masks, model_store, multiscale, reference_map, sampling,
-                     segmentation, structure)
+from lmi_jax import (inference, lmi, local_regression, masks, model_store, multiscale,
+                     reference_map, sampling, segmentation, structure)
 from lmi_jax.baselines import BASELINES
 from lmi_jax.errors import InputError
 from lmi_jax.models import feeding_of, lmi_score, unconditional_score
@@ -145,7 +145,7 @@ def lmi_model(ctx: Context, source: np.ndarray) -> Context:
 def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:
   """lmi of (N, H, W, 1) sources; with a low-resolution model (`ctx.lowres`), that model's
   translation of the shrunk sources made full resolution (`multiscale.refine`); finished by
-  `source_guided_finish`."""
+  `source_guided_finish` and `source_regression_finish`."""
   if ctx.lowres is not None:
     start_key, key = jax.random.split(key)
     start = multiscale.lowres_start(ctx, source, start_key, translate_lmi)
@@ -158,7 +158,8 @@ def translate_lmi(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarra
       translated = multiscale.in_content_box(ctx, lmi_reference(ctx, source), run)
     else:
       translated = run(lmi_reference(ctx, source))
-  return source_guided_finish(ctx.config, source, translated)
+  translated = source_guided_finish(ctx.config, source, translated)
+  return source_regression_finish(ctx.config, source, translated)
 
 
 def source_guided_finish(config: ml_collections.ConfigDict, source: np.ndarray,
@@ -178,6 +179,24 @@ def source_guided_finish(config: ml_collections.ConfigDict, source: np.ndarray,
   filtered = multiscale.guided_filter(source, translated, radius,
                                       float(config.sampling.finish_eps))
   return np.clip(filtered, 0.0, 1.0)
+
+
+def source_regression_finish(config: ml_collections.ConfigDict, source: np.ndarray,
+                             translated: np.ndarray) -> np.ndarray:
+  """(N, H, W, 1) translations of a stack of (N, H, W, 1) sources replaced inside the
+  sources' brain (`brain_region`) by one regression of them on the sources' local features
+  (`local_regression.regress_on_source`, seeded by the config's seed) when
+  sampling.regress_on_source, else unchanged.
+
+  Why: what the sampler gets wrong varies between pixels whose source neighbourhoods look
+  alike; one map from the source's local appearance to the translation, fitted on the whole
+  stack, keeps the contrast mapping and drops that variation (docs/results.md, "The
+  translation regressed on its source").
+  """
+  if not config.sampling.regress_on_source:
+    return translated
+  return local_regression.regress_on_source(source, translated, brain_region(config, source),
+                                            int(config.seed))
 
 
 def translate_sdedit(ctx: Context, source: np.ndarray, key: jax.Array) -> np.ndarray:

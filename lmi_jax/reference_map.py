@@ -20,7 +20,6 @@ the sample never see it.
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from lmi_jax import masks
 from lmi_jax.errors import InputError
@@ -68,9 +67,7 @@ def flatten(image: np.ndarray, sigma: float) -> np.ndarray:
   brain, _ = masks.otsu_filled(image)
   if not brain.any():
     return image.astype(np.float32)
-  sigma_px = sigma * image.shape[1]
-  weight = ndimage.gaussian_filter(brain.astype(np.float64), sigma_px)
-  local = ndimage.gaussian_filter(image * brain, sigma_px) / np.maximum(weight, 1e-12)
+  local, _ = masks.brain_mean(image, brain, sigma * image.shape[1])
   level = float(np.median(image[brain]))
   ratio = level * image / np.maximum(local, 1e-6 * max(level, 1e-6))
   return np.where(brain, ratio, image).astype(np.float32)

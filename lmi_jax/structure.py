@@ -98,14 +98,13 @@ def structure_score(source: np.ndarray, brain_mask: np.ndarray,
   sigma_px = max(stack.shape[1:]) / 21.0 if highpass_px is None else float(highpass_px)
   residual_sq, noise_sq, counted = 0.0, 0.0, 0
   for image, brain in zip(stack, mask):
-    weight = ndimage.gaussian_filter(brain.astype(np.float64), sigma_px)
+    local, weight = masks.brain_mean(image, brain, sigma_px)
     # Near the outline the local mean reaches into the brain only on one side, where a bias
     # gradient makes it wrong: only pixels whose window lies mostly inside are scored.
     inner = brain & (weight > _INSIDE)
     count = int(inner.sum())
     if count < _MIN_PIXELS:
       continue
-    local = ndimage.gaussian_filter(image * brain, sigma_px) / np.maximum(weight, 1e-12)
     residual = (image - local)[inner]
     residual_sq += float(np.sum((residual - residual.mean()) ** 2))
     laplace = ndimage.convolve(image, _LAPLACIAN, mode="reflect")[inner]

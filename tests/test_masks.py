@@ -63,3 +63,25 @@ def test_labelled_and_priors():
   priors = np.array([[[0.1, 0.3]], [[0.2, 0.25]], [[0.1, 0.0]]])[..., None]  # (T, 1, 2, 1)
   expected = np.array([[0.4 > 0.5, 0.55 > 0.5]])[..., None]
   np.testing.assert_array_equal(masks.from_priors(priors), expected)
+
+
+def test_brain_mean_averages_over_the_brain_only_as_a_brute_force_weighted_sum():
+  rng = np.random.default_rng(0)
+  sigma, radius = 1.5, int(4 * 1.5 + 0.5)
+  brain = ball((40, 36), (20, 17), 9)
+  # A bright background that must not leak into the rim of the brain.
+  image = np.where(brain, rng.uniform(0, 1, brain.shape), 50.0)
+  offsets = np.arange(-radius, radius + 1)
+  kernel = np.exp(-offsets ** 2 / (2 * sigma ** 2))
+  kernel /= kernel.sum()
+  total, weight = np.zeros(brain.shape), np.zeros(brain.shape)
+  for i, di in enumerate(offsets):
+    for j, dj in enumerate(offsets):
+      shifted = lambda a: np.roll(a, (di, dj), axis=(0, 1))  # The brain is far from the edges.
+      total += kernel[i] * kernel[j] * shifted(np.where(brain, image, 0.0))
+      weight += kernel[i] * kernel[j] * shifted(brain.astype(np.float64))
+  mean, share = masks.brain_mean(image, brain, sigma)
+  np.testing.assert_allclose(share, weight, atol=1e-12)
+  inside = weight > 1e-9
+  np.testing.assert_allclose(mean[inside], total[inside] / weight[inside], rtol=1e-9)
+  assert mean[brain].max() <= 1.0
