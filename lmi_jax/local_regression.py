@@ -15,9 +15,13 @@ Features are 2-D, per slice, so slices never mix and thick-slice volumes behave 
 ones; one fit serves a whole stack. docs/results.md, "The translation regressed on its source".
 """
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
-from sklearn import ensemble
+
+if TYPE_CHECKING:
+  from sklearn import ensemble
 
 from lmi_jax import masks
 
@@ -51,9 +55,12 @@ def local_features(images: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 
 def fit_regressor(features: np.ndarray, targets: np.ndarray,
-                  seed: int) -> ensemble.HistGradientBoostingRegressor:
+                  seed: int) -> "ensemble.HistGradientBoostingRegressor":
   """Gradient-boosted trees from (M, F) features to (M,) targets, fitted on at most
   `FIT_PIXELS` of them drawn with `seed` (the trees' early-stopping split uses it too)."""
+  # Imported here: sklearn.ensemble loads its OpenMP tree code, which a run that never
+  # regresses (every config but configs/real_t1.py) has no use for.
+  from sklearn import ensemble
   keep = np.random.default_rng(seed).permutation(len(targets))[:FIT_PIXELS]
   model = ensemble.HistGradientBoostingRegressor(max_iter=MAX_ITER, random_state=seed)
   return model.fit(features[keep], targets[keep])
