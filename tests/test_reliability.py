@@ -453,7 +453,10 @@ def sampling_process(tmp_path, trained_run: str, steps: int):
     process = subprocess.Popen(
         [sys.executable, "main.py", TINY, f"--workdir={workdir}", "--mode=sample",
          f"--input={volume}", f"--config.sampling.num_steps={steps}"],
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
+        # As from a terminal: Ctrl-C at its default, whatever this test process inherited
+        # (a parent that ignores SIGINT, as background jobs do, passes that on).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   start = time.time()
   while "lmi: batch 1/" not in log.read_text() and time.time() - start < 240:
     time.sleep(0.05)
