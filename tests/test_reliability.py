@@ -442,6 +442,14 @@ def test_kill_9_while_training_and_saving(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+# Runs its arguments as `python ARGS` with Ctrl-C at its default, as from a terminal, whatever
+# this test process inherited: an ignored SIGINT survives exec (background jobs of a
+# non-interactive shell start with it ignored). Reset in the child before its exec, not by
+# Popen's preexec_fn, which would fork this multithreaded (JAX) process.
+SIGINT_AT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                     "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
 def sampling_process(tmp_path, trained_run: str, steps: int):
   """`--mode=sample --input=scan.nii.gz` started in a copy of the trained run, once the
   sampler has logged its first step: (process, log path, workdir)."""
@@ -451,12 +459,9 @@ def sampling_process(tmp_path, trained_run: str, steps: int):
   log = tmp_path / "log"
   with open(log, "w") as err:
     process = subprocess.Popen(
-        [sys.executable, "main.py", TINY, f"--workdir={workdir}", "--mode=sample",
-         f"--input={volume}", f"--config.sampling.num_steps={steps}"],
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
-        # As from a terminal: Ctrl-C at its default, whatever this test process inherited
-        # (a parent that ignores SIGINT, as background jobs do, passes that on).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        [sys.executable, "-c", SIGINT_AT_DEFAULT, "main.py", TINY, f"--workdir={workdir}",
+         "--mode=sample", f"--input={volume}", f"--config.sampling.num_steps={steps}"],
+        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
   start = time.time()
   while "lmi: batch 1/" not in log.read_text() and time.time() - start < 240:
     time.sleep(0.05)
