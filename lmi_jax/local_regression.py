@@ -44,12 +44,13 @@ def local_features(images: np.ndarray, brain: np.ndarray) -> np.ndarray:
   deviation at `SPREAD_SCALE`."""
   image = np.where(brain, images, 0.0).astype(np.float64)
   mean = lambda x, s: masks.brain_mean(x, brain, (0.0, s, s))[0]
-  features = [image] + [mean(image, s) for s in SCALES]
+  means = {s: mean(image, s) for s in {*SCALES, SPREAD_SCALE}}
+  features = [image] + [means[s] for s in SCALES]
   for sigma in EDGE_SCALES:
     dy, dx = _in_plane(image, sigma, (1, 0)), _in_plane(image, sigma, (0, 1))
     laplacian = _in_plane(image, sigma, (2, 0)) + _in_plane(image, sigma, (0, 2))
     features += [np.hypot(dy, dx), laplacian]
-  spread = mean(image ** 2, SPREAD_SCALE) - mean(image, SPREAD_SCALE) ** 2
+  spread = mean(image ** 2, SPREAD_SCALE) - means[SPREAD_SCALE] ** 2
   features.append(np.sqrt(np.maximum(spread, 0.0)))
   return np.stack([f[brain] for f in features], axis=1).astype(np.float32)
 
@@ -59,7 +60,7 @@ def fit_regressor(features: np.ndarray, targets: np.ndarray,
   """Gradient-boosted trees from (M, F) features to (M,) targets, fitted on at most
   `FIT_PIXELS` of them drawn with `seed` (the trees' early-stopping split uses it too)."""
   # Imported here: sklearn.ensemble loads its OpenMP tree code, which a run that never
-  # regresses (every config but configs/real_t1.py) has no use for.
+  # regresses (sampling.regress_on_source off, as in configs/default.py) has no use for.
   from sklearn import ensemble
   keep = np.random.default_rng(seed).permutation(len(targets))[:FIT_PIXELS]
   model = ensemble.HistGradientBoostingRegressor(max_iter=MAX_ITER, random_state=seed)
