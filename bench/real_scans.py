@@ -13,7 +13,10 @@ Sets (../shared/data, see its README for citations and licences):
   against the priors' arg-max.
 
 Rows: lmi with --config (its workdir checkpoint, else its shipped model); lmi_joint (lmi's
-translation segmented together with the source, `segmentation.segment_with_source`); lmi with
+translation segmented together with the source, `segmentation.segment_with_source`);
+lmi_best_thresholds (lmi's translation cut at the two intensity thresholds that fit the true
+T1w best, per volume, `evaluation.best_thresholds`: an upper bound that needs the truth, of
+what any re-calibration of lmi's K-means could give, against what a new translation must); lmi with
 --lowres_config alone (the 64 px model, enlarged: what users had); cyclegan and supervised
 (the baselines shipped beside --lowres_config's model, at its size; supervised saw paired
 FLAIR, so it is a ceiling for FLAIR only); source_kmeans (the source's own 3-class K-means,
@@ -61,9 +64,10 @@ flags.DEFINE_enum("brats_split", "test", ["val", "test"], "brats: the split's pa
                   "(choices are made on val).")
 flags.DEFINE_list("patients", [], "Ljubljana patients to run (folder names; empty: all).")
 flags.DEFINE_list("contrasts", ["T2", "FLAIR"], "Ljubljana source contrasts to run.")
-flags.DEFINE_list("rows", ["lmi", "lmi_joint", "lmi_64px", "cyclegan", "supervised",
-                           "source_kmeans", "site_supervised", "identity"],
-                  "Rows to compute (lmi_joint needs lmi).")
+ROWS = ("lmi", "lmi_joint", "lmi_best_thresholds", "lmi_64px", "cyclegan", "supervised",
+        "source_kmeans", "site_supervised", "identity")
+flags.DEFINE_list("rows", [r for r in ROWS if r != "lmi_best_thresholds"],
+                  "Rows to compute (lmi_joint and lmi_best_thresholds need lmi).")
 flags.DEFINE_bool("reuse", False, "Score the translations an earlier run left in the workdir "
                   "and translate only the missing ones (timed alone).")
 flags.mark_flags_as_required(["config", "lowres_config", "workdir"])
@@ -231,8 +235,12 @@ def main(argv: list[str]) -> None:
   del argv
   args = flags.FLAGS
   config, lowres = args.config, args.lowres_config
-  if "lmi_joint" in args.rows and "lmi" not in args.rows:
-    raise app.UsageError("--rows: lmi_joint segments lmi's translation; add lmi.")
+  unknown = sorted(set(args.rows) - set(ROWS))
+  if unknown:
+    raise app.UsageError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}.")
+  for needs_lmi in ("lmi_joint", "lmi_best_thresholds"):
+    if needs_lmi in args.rows and "lmi" not in args.rows:
+      raise app.UsageError(f"--rows: {needs_lmi} segments lmi's translation; add lmi.")
   host.split_host(int(config.host_devices))
   os.makedirs(args.workdir, exist_ok=True)
   makers = {"brats": lambda: brats_cases(args.data, lowres, args.brats_split),
@@ -295,6 +303,14 @@ def main(argv: list[str]) -> None:
                                          brain, outside, case.labels)
       entry["rows"]["lmi_joint"]["seconds"] = (None if seconds["lmi"] is None
                                                else seconds["lmi"] + time.time() - start)
+    if "lmi_best_thresholds" in args.rows:
+      values = volumes["lmi"][case.name][brain]
+      thresholds = evaluation.best_thresholds(values, truth_labels[brain])
+      labels = np.zeros(brain.shape, np.int32)
+      labels[brain] = evaluation.threshold_labels(values, thresholds)
+      entry["rows"]["lmi_best_thresholds"] = score(None, labels, truth_n, truth_labels, brain,
+                                                   outside, case.labels)
+      entry["rows"]["lmi_best_thresholds"]["thresholds"] = thresholds
     if "identity" in args.rows:
       entry["rows"]["identity"] = score(source_n, seg(full_segmenter, source_n), truth_n,
                                         truth_labels, brain, outside, case.labels)

@@ -84,6 +84,59 @@ def best_naming(pred: np.ndarray, ref: np.ndarray, classes: tuple[int, ...]) -> 
   return max(itertools.permutations(classes), key=mean_dice)
 
 
+def threshold_labels(values: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
+  """Labels 1..3 of intensities: 1 below thresholds[0], 3 at or above thresholds[1], else 2.
+  Same shape as `values`, int32."""
+  low, high = thresholds
+  values = np.asarray(values)
+  return (1 + (values >= low) + (values >= high)).astype(np.int32)
+
+
+def best_thresholds(values: np.ndarray, ref: np.ndarray, step: float = 0.005) -> tuple[float, float]:
+  """The two intensity thresholds, on a grid of `step` over [0, 1], at which
+  `threshold_labels(values, ...)` best matches `ref` (mean Dice of classes 1..3, a class
+  absent from both left out, as `metrics.dice` does); ties go to the lowest thresholds.
+
+  An upper bound that needs the truth, as `best_naming` is: how far a segmentation by
+  intensity thresholds of one translation could go if its class boundaries were placed
+  knowing the true labels, which separates a translation's calibration (where it puts
+  tissues in intensity) from its overlap (pixels of different tissues at one intensity).
+
+  Args:
+    values: (M,) intensities in [0, 1] (e.g. a translation's brain pixels).
+    ref: (M,) true labels in 1..3.
+    step: grid spacing of the thresholds.
+  Returns:
+    (low, high) with low <= high, both grid points.
+  """
+  values, ref = np.asarray(values, np.float64).ravel(), np.asarray(ref).ravel()
+  if values.shape != ref.shape:
+    raise InputError(f"best_thresholds: {values.shape[0]} values but {ref.shape[0]} labels.")
+  if values.size == 0:
+    raise InputError("best_thresholds: no values to threshold (an empty brain?).")
+  # Rounded so that the thresholds returned are the ones the bins were counted with.
+  grid = np.round(np.linspace(0.0, 1.0, int(round(1.0 / step)) + 1), 10)
+  # bins: how many grid points are <= v, so below[:, i] counts v < grid[i], the comparison
+  # `threshold_labels` makes.
+  bins = np.searchsorted(grid, values, side="right")
+  below = np.stack([np.cumsum(np.bincount(bins[ref == c], minlength=grid.size + 1))[:-1]
+                    for c in (1, 2, 3)])  # below[c - 1, i]: class c pixels under grid[i].
+  count = below.sum(0)
+  true_count = np.array([(ref == c).sum() for c in (1, 2, 3)])
+  low, high = np.arange(grid.size)[:, None], np.arange(grid.size)[None, :]
+  overlap = (below[0][low], below[1][high] - below[1][low], true_count[2] - below[2][high])
+  predicted = (count[low], count[high] - count[low], values.size - count[high])
+  scores = []
+  for inter, pred, true in zip(overlap, predicted, true_count):
+    total = pred + true
+    dice = np.where(total > 0, 2.0 * inter / np.maximum(total, 1), np.nan)
+    scores.append(np.broadcast_to(dice, (grid.size, grid.size)))
+  # No pair leaves all three classes empty, so the NaN-aware mean is always defined.
+  mean = np.where(high >= low, np.nanmean(np.stack(scores), axis=0), -np.inf)
+  i, j = np.unravel_index(np.argmax(mean), mean.shape)
+  return float(grid[i]), float(grid[j])
+
+
 def _renamed_best(
     segmenter: KMeansSegmenter, output: np.ndarray, seg: np.ndarray, ref_seg: np.ndarray,
     volumes: np.ndarray | None,

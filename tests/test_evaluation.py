@@ -537,3 +537,24 @@ def test_every_method_has_its_own_noise_stream():
   same noise."""
   assert set(methods.STREAMS) == set(methods.METHODS)
   assert len(set(methods.STREAMS.values())) == len(methods.STREAMS)
+
+
+def test_best_thresholds_matches_a_brute_force_search_with_metrics_dice():
+  """Every threshold pair of the grid scored by `metrics.dice` on `threshold_labels`: the
+  chosen pair reaches the best mean Dice, and a case built with known boundaries returns them."""
+  rng = np.random.default_rng(3)
+  ref = rng.integers(1, 4, 2000)
+  values = np.clip(0.25 * ref + rng.normal(0.0, 0.12, ref.size), 0.0, 1.0)
+  values[:5] = (0.0, 1.0, 0.5, 0.55, 0.45)  # grid points themselves, and both ends
+  step = 0.05
+  grid = np.round(np.linspace(0.0, 1.0, 21), 10)
+  brute = max(metrics.dice(evaluation.threshold_labels(values, (a, b)), ref, (1, 2, 3))[1]
+              for a in grid for b in grid if b >= a)
+  chosen = evaluation.best_thresholds(values, ref, step)
+  assert chosen[0] <= chosen[1] and chosen[0] in grid and chosen[1] in grid
+  assert metrics.dice(evaluation.threshold_labels(values, chosen), ref, (1, 2, 3))[1] == pytest.approx(brute)
+  separated = np.repeat([0.2, 0.5, 0.9], 50)
+  low, high = evaluation.best_thresholds(separated, np.repeat([1, 2, 3], 50), step)
+  assert 0.2 < low <= 0.5 < high <= 0.9
+  with pytest.raises(InputError, match="2 values but 3 labels"):
+    evaluation.best_thresholds(np.zeros(2), np.ones(3, int))
