@@ -104,7 +104,7 @@ def best_thresholds(values: np.ndarray, ref: np.ndarray, step: float = 0.005) ->
 
   Args:
     values: (M,) intensities in [0, 1] (e.g. a translation's brain pixels).
-    ref: (M,) true labels in 1..3.
+    ref: (M,) true labels; classes 1..3 are scored (others count only as predicted).
     step: grid spacing of the thresholds.
   Returns:
     (low, high) with low <= high, both grid points.
@@ -119,9 +119,10 @@ def best_thresholds(values: np.ndarray, ref: np.ndarray, step: float = 0.005) ->
   # bins: how many grid points are <= v, so below[:, i] counts v < grid[i], the comparison
   # `threshold_labels` makes.
   bins = np.searchsorted(grid, values, side="right")
-  below = np.stack([np.cumsum(np.bincount(bins[ref == c], minlength=grid.size + 1))[:-1]
-                    for c in (1, 2, 3)])  # below[c - 1, i]: class c pixels under grid[i].
-  count = below.sum(0)
+  under = lambda chosen: np.cumsum(np.bincount(bins[chosen], minlength=grid.size + 1))[:-1]
+  below = np.stack([under(ref == c) for c in (1, 2, 3)])  # [c - 1, i]: class c under grid[i].
+  # Every value is predicted some class, whatever its label (0 included), as in `metrics.dice`.
+  count = under(slice(None))
   true_count = np.array([(ref == c).sum() for c in (1, 2, 3)])
   low, high = np.arange(grid.size)[:, None], np.arange(grid.size)[None, :]
   overlap = (below[0][low], below[1][high] - below[1][low], true_count[2] - below[2][high])

@@ -553,6 +553,11 @@ def test_best_thresholds_matches_a_brute_force_search_with_metrics_dice():
   chosen = evaluation.best_thresholds(values, ref, step)
   assert chosen[0] <= chosen[1] and chosen[0] in grid and chosen[1] in grid
   assert metrics.dice(evaluation.threshold_labels(values, chosen), ref, (1, 2, 3))[1] == pytest.approx(brute)
+  ref[5:600], values[5:600] = 0, 0.6  # unscored pixels still count as predicted, as in metrics.dice
+  brute = max(metrics.dice(evaluation.threshold_labels(values, (a, b)), ref, (1, 2, 3))[1]
+              for a in grid for b in grid if b >= a)
+  chosen = evaluation.best_thresholds(values, ref, step)
+  assert metrics.dice(evaluation.threshold_labels(values, chosen), ref, (1, 2, 3))[1] == pytest.approx(brute)
   separated = np.repeat([0.2, 0.5, 0.9], 50)
   low, high = evaluation.best_thresholds(separated, np.repeat([1, 2, 3], 50), step)
   assert 0.2 < low <= 0.5 < high <= 0.9
